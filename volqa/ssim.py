@@ -1,0 +1,602 @@
+"""The SSIM engine: exact, separable, memory-bounded 2-D and 3-D SSIM on CPU and GPU.
+
+Pure tensor code (torch and numpy only): nothing here reads or writes files.
+
+SSIM(x, y) = ((2 μx μy + C1)(2 σxy + C2)) / ((μx² + μy² + C1)(σx² + σy² + C2)),
+C1 = (K1 L)², C2 = (K2 L)², L = ``data_range``. The local statistics μ, σ² and σxy come from a
+normalised window applied as one 1-D filter per spatial axis (separable; never a dense k³
+kernel). Each 1-D pass is a sum of shifted slices, written as an autograd function whose
+backward is the same filter with the taps reversed, so gradients cost one more pass and keep
+no intermediate tensors.
+
+Volumes are processed in slabs along the first spatial axis, each slab read with a halo of
+``win_size - 1`` input slices, so every map voxel is computed from exactly the data (and with
+exactly the arithmetic) of an unchunked run. Image means are accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Literal, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .errors import InputError, SettingsError
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+Window = Literal["gaussian", "uniform"]
+Covariance = Literal["population", "sample"]
+Border = Literal["valid", "same-zero", "reflect"]
+
+WINDOWS = ("gaussian", "uniform")
+COVARIANCES = ("population", "sample")
+BORDERS = ("valid", "same-zero", "reflect")
+REDUCTIONS = ("mean", "none")
+
+#: CPU slab budget when ``max_memory`` is not given. Small slabs stay in cache and are faster
+#: than whole-volume passes; the value was tuned on a 2-core machine (scripts/bench_ssim.py).
+CPU_DEFAULT_MAX_MEMORY = 64 * 2**20
+#: Fraction of the free CUDA memory used when ``max_memory`` is not given on a GPU.
+CUDA_FREE_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class SSIMSettings:
+    """Every choice that decides an SSIM value (see the module docstring for the formula).
+
+    ``win_size`` and ``sigma`` are one value or one value per spatial axis. ``slices`` is True
+    for conventions that average 2-D SSIM over the slices along the first spatial axis of a
+    volume (fastMRI).
+    """
+
+    preset: str | None = None
+    window: Window = "gaussian"
+    win_size: int | tuple[int, ...] = 11
+    sigma: float | tuple[float, ...] = 1.5
+    k1: float = 0.01
+    k2: float = 0.03
+    covariance: Covariance = "population"
+    border: Border = "valid"
+    slices: bool = False
+
+    def as_dict(self) -> dict:
+        """Plain dict (tuples as lists) for JSON and result rows."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+#: Named conventions: each fixes the options so the value equals that tool's standard call
+#: with the same ``data_range``. Tool versions matched are in :data:`PRESET_NOTES`.
+_PRESETS: dict[str, SSIMSettings] = {
+    "skimage": SSIMSettings("skimage", "uniform", 7, 1.5, 0.01, 0.03, "sample", "valid"),
+    "monai": SSIMSettings("monai", "gaussian", 11, 1.5, 0.01, 0.03, "population", "valid"),
+    "torchmetrics": SSIMSettings(
+        "torchmetrics", "gaussian", 11, 1.5, 0.01, 0.03, "population", "reflect"
+    ),
+    "pytorch_msssim": SSIMSettings(
+        "pytorch_msssim", "gaussian", 11, 1.5, 0.01, 0.03, "population", "valid"
+    ),
+    "pytorch_ssim": SSIMSettings(
+        "pytorch_ssim", "gaussian", 11, 1.5, 0.01, 0.03, "population", "same-zero"
+    ),
+    "fastmri": SSIMSettings(
+        "fastmri", "uniform", 7, 1.5, 0.01, 0.03, "sample", "valid", slices=True
+    ),
+    "synthrad2023": SSIMSettings(
+        "synthrad2023", "uniform", 7, 1.5, 0.01, 0.03, "sample", "valid"
+    ),
+}
+PRESETS: tuple[str, ...] = tuple(_PRESETS)
+PRESET_NOTES: dict[str, str] = {
+    "skimage": "skimage.metrics.structural_similarity defaults (scikit-image 0.19-0.26): "
+    "uniform 7, sample covariance, mean of the map cropped by 3 voxels",
+    "monai": "monai.metrics.SSIMMetric defaults (MONAI 1.x): Gaussian 11, sigma 1.5, valid",
+    "torchmetrics": "torchmetrics StructuralSimilarityIndexMeasure defaults (>= 1.4.2): "
+    "Gaussian 11, sigma 1.5, reflect padding, mean over the whole input-sized map",
+    "pytorch_msssim": "pytorch_msssim.ssim(win_size=11) (pytorch-msssim 1.0): "
+    "Gaussian 11, sigma 1.5, valid",
+    "pytorch_ssim": "pytorch-ssim / ssim3D (Po-Hsun-Su, 2017-2019): Gaussian 11, sigma 1.5, "
+    "zero padding, mean over the input-sized map",
+    "fastmri": "fastmri/evaluate.py ssim(): mean over slices (first spatial axis) of 2-D "
+    "skimage SSIM with defaults; fastMRI passes data_range = gt.max()",
+    "synthrad2023": "SynthRAD2023 image_metrics: 3-D skimage defaults; masked mean over the "
+    "mask cropped like the map (its HU clipping, shift and data range 4024 are normalisation)",
+}
+_DEFAULTS = SSIMSettings()
+
+
+def resolve_settings(
+    preset: str | None = None,
+    *,
+    window: str | None = None,
+    win_size: int | Sequence[int] | None = None,
+    sigma: float | Sequence[float] | None = None,
+    k1: float | None = None,
+    k2: float | None = None,
+    covariance: str | None = None,
+    border: str | None = None,
+) -> SSIMSettings:
+    """Combine a preset with explicit options (explicit options win) and validate them.
+
+    Raises
+    ------
+    SettingsError
+        Unknown preset or option value, even or non-positive window, sigma <= 0, K <= 0.
+    """
+    if preset is None:
+        base = _DEFAULTS
+    elif preset in _PRESETS:
+        base = _PRESETS[preset]
+    else:
+        raise SettingsError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    given = dict(window=window, win_size=win_size, sigma=sigma, k1=k1, k2=k2,
+                 covariance=covariance, border=border)
+    s = replace(base, **{k: v for k, v in given.items() if v is not None})
+    for name, value, allowed in (("window", s.window, WINDOWS),
+                                 ("covariance", s.covariance, COVARIANCES),
+                                 ("border", s.border, BORDERS)):
+        if value not in allowed:
+            raise SettingsError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+    sizes = _as_tuple(s.win_size, "win_size")
+    if any(int(w) != w or w < 1 or w % 2 == 0 for w in sizes):
+        raise SettingsError(f"win_size must be odd positive integers, got {s.win_size!r}")
+    sigmas = _as_tuple(s.sigma, "sigma")
+    if any(not (v > 0 and math.isfinite(v)) for v in sigmas):
+        raise SettingsError(f"sigma must be > 0, got {s.sigma!r}")
+    if not (s.k1 > 0 and s.k2 > 0):
+        raise SettingsError(f"k1 and k2 must be > 0, got k1={s.k1}, k2={s.k2}")
+    if s.covariance == "sample" and any(w == 1 for w in sizes):
+        raise SettingsError("sample covariance needs a window of more than one voxel")
+    return replace(s, win_size=_unwrap(tuple(int(w) for w in sizes)),
+                   sigma=_unwrap(tuple(float(v) for v in sigmas)))
+
+
+def _as_tuple(value, name: str) -> tuple:
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise SettingsError(f"{name} must not be empty")
+        return tuple(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return (value,)
+    raise SettingsError(f"{name} must be a number or a sequence of numbers, got {value!r}")
+
+
+def _unwrap(t: tuple):
+    return t[0] if len(t) == 1 else t
+
+
+def _per_axis(value, ndim: int, name: str) -> tuple:
+    t = _as_tuple(value, name)
+    if len(t) == 1:
+        return t * ndim
+    if len(t) != ndim:
+        raise SettingsError(f"{name} has {len(t)} values but the images have {ndim} spatial axes")
+    return t
+
+
+def window_taps(window: str, win_size: int, sigma: float) -> list[float]:
+    """Normalised 1-D window taps (float64 values as Python floats).
+
+    "gaussian": exp(-d² / 2σ²) for d = -(win_size-1)/2 .. (win_size-1)/2, truncated to
+    ``win_size`` taps and normalised to sum 1 (scipy's gaussian_filter with truncate such that
+    the radius is (win_size-1)/2, as skimage uses). "uniform": 1/win_size each.
+    """
+    if window == "uniform":
+        return [1.0 / win_size] * win_size
+    r = (win_size - 1) / 2
+    w = np.exp(-((np.arange(win_size) - r) ** 2) / (2.0 * sigma**2))
+    return (w / w.sum()).tolist()
+
+
+# --------------------------------------------------------------------------- filtering
+
+
+def _shifted_sum(t: torch.Tensor, taps: Sequence[float], dim: int) -> torch.Tensor:
+    """Valid correlation of ``t`` with ``taps`` along ``dim`` as a sum of shifted slices."""
+    n = t.shape[dim] - len(taps) + 1
+    out = t.narrow(dim, 0, n) * taps[0]
+    for i in range(1, len(taps)):
+        out.add_(t.narrow(dim, i, n), alpha=taps[i])
+    return out
+
+
+class _Filter1d(torch.autograd.Function):
+    """Valid 1-D filter along one axis; backward = full correlation with reversed taps."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, taps: tuple, dim: int) -> torch.Tensor:
+        ctx.taps, ctx.dim = taps, dim
+        return _shifted_sum(t, taps, dim)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        k, dim = len(ctx.taps), ctx.dim
+        pad = [0, 0] * (g.ndim - 1 - dim) + [k - 1, k - 1]
+        return _Filter1d.apply(F.pad(g, pad), tuple(reversed(ctx.taps)), dim), None, None
+
+
+def _filter(t: torch.Tensor, taps: Sequence[tuple], first_dim: int) -> torch.Tensor:
+    """Apply one 1-D valid filter per spatial axis (axes ``first_dim``, ``first_dim+1``, ...)."""
+    for i, tp in enumerate(taps):
+        if len(tp) > 1:
+            t = _Filter1d.apply(t, tp, first_dim + i)
+    return t
+
+
+# --------------------------------------------------------------------------- the SSIM map
+
+
+def _ssim_slab(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    centre: tuple[torch.Tensor, torch.Tensor],
+    taps: Sequence[tuple],
+    c1: float,
+    c2: float,
+    cov_norm: float,
+) -> torch.Tensor:
+    """SSIM map of one slab (valid region of the slab's input, which includes its halo).
+
+    Local variances are computed from data centred on per-image constants (exact in exact
+    arithmetic, far less cancellation in float32), then clamped at zero: a negative local
+    variance can only come from rounding.
+    """
+    cx, cy = centre
+    xc, yc = x - cx, y - cy
+    nd = len(taps)
+    stats = _filter(torch.stack([xc, yc, xc * xc, yc * yc, xc * yc]), taps, x.ndim - nd + 1)
+    mx, my, exx, eyy, exy = stats.unbind(0)
+    vx = (exx - mx * mx).clamp_min(0) * cov_norm
+    vy = (eyy - my * my).clamp_min(0) * cov_norm
+    vxy = (exy - mx * my) * cov_norm
+    mx, my = mx + cx, my + cy
+    return ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def _slab_bytes(out_slices: int, win0: int, slice_numel: int, itemsize: int, grad: bool) -> int:
+    """Approximate peak bytes of one slab: 5 statistics over the input slices (halo included),
+    filtered copies and the map over the output slices; doubled when autograd keeps tensors."""
+    live = 5 * (out_slices + win0 - 1) + 18 * out_slices
+    return live * slice_numel * itemsize * (2 if grad else 1)
+
+
+def _default_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * CUDA_FREE_FRACTION)
+    return int(os.environ.get("VOLQA_CPU_MAX_MEMORY", CPU_DEFAULT_MAX_MEMORY))
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _to_tensor(a: ArrayLike, name: str) -> torch.Tensor:
+    if isinstance(a, np.ndarray):
+        a = torch.from_numpy(np.ascontiguousarray(a))
+    elif not isinstance(a, torch.Tensor):
+        raise SettingsError(f"{name} must be a numpy array or torch tensor, got {type(a).__name__}")
+    return a
+
+
+def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.shape != y.shape:
+        raise InputError(f"x and y must have the same shape, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    if x.ndim not in (2, 3, 4, 5):
+        raise InputError(f"expected (H, W), (D, H, W), (N, C, H, W) or (N, C, D, H, W) inputs, "
+                         f"got shape {tuple(x.shape)}")
+    if x.device != y.device:
+        raise InputError(f"x is on {x.device} but y is on {y.device}")
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    if dtype == torch.bool or dtype.is_complex:
+        raise InputError(f"unsupported dtype {dtype}: SSIM needs real-valued images")
+    if dtype != torch.float64:
+        dtype = torch.float32  # float16/bfloat16 and integers are computed in float32
+    x, y = x.to(dtype), y.to(dtype)
+    for name, t in (("x", x), ("y", y)):
+        bad = (~torch.isfinite(t)).sum().item()
+        if bad:
+            raise InputError(f"{name} holds {bad} NaN or Inf values; SSIM is undefined there")
+    return x, y
+
+
+def _check_data_range(data_range) -> float:
+    if data_range is None:
+        raise SettingsError(
+            "data_range is required: pass the intensity range L used in C1=(K1*L)^2, "
+            "C2=(K2*L)^2, e.g. data_range=1.0 for images scaled to [0, 1], or "
+            "float(reference.max() - reference.min())"
+        )
+    try:
+        value = float(data_range)
+    except (TypeError, ValueError, RuntimeError):
+        raise SettingsError(f"data_range must be a number, got {data_range!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise SettingsError(f"data_range must be > 0 and finite, got {value}")
+    return value
+
+
+def _check_mask(mask: ArrayLike, spatial: tuple[int, ...], device) -> torch.Tensor:
+    m = _to_tensor(mask, "mask")
+    if tuple(m.shape) != spatial:
+        raise InputError(f"mask shape {tuple(m.shape)} differs from the images' spatial shape "
+                         f"{spatial}")
+    if m.dtype != torch.bool:
+        if not bool(((m == 0) | (m == 1)).all()):
+            raise InputError("mask must be boolean or hold only 0 and 1")
+        m = m != 0
+    if not bool(m.any()):
+        raise InputError("mask is empty: it selects no voxel")
+    return m.to(device)
+
+
+def ssim(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    data_range: float | None = None,
+    preset: str | None = None,
+    window: Window | None = None,
+    win_size: int | Sequence[int] | None = None,
+    sigma: float | Sequence[float] | None = None,
+    k1: float | None = None,
+    k2: float | None = None,
+    covariance: Covariance | None = None,
+    border: Border | None = None,
+    mask: ArrayLike | None = None,
+    reduction: Literal["mean", "none"] = "mean",
+    return_map: bool = False,
+    max_memory: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Structural similarity of two images or volumes.
+
+    Parameters
+    ----------
+    x, y : (H, W), (D, H, W), (N, C, H, W) or (N, C, D, H, W) array or tensor
+        Same shape, device and (after promotion) float dtype; float16/bfloat16 and integers are
+        computed in float32. The layout is read from ``ndim``: 2 and 4 are 2-D, 3 and 5 are 3-D.
+        SSIM is symmetric in x and y.
+    data_range : float
+        Required. L in C1 = (K1 L)², C2 = (K2 L)²: the intensity range of the data (1 for images
+        in [0, 1]; 4024 for SynthRAD CT; fastMRI uses the reference's max). There is no default
+        because every tool's default differs.
+    preset : str, optional
+        One of :data:`PRESETS`; fixes the options below to reproduce that tool (see Notes).
+        Options given explicitly override the preset.
+    window : {"gaussian", "uniform"}, default "gaussian"
+        Gaussian: ``win_size`` taps of exp(-d²/2σ²), normalised. Uniform: box of ``win_size``.
+    win_size : int or one int per spatial axis, default 11
+        Odd window length in voxels.
+    sigma : float or one float per spatial axis, default 1.5
+        Gaussian standard deviation in voxels (ignored for "uniform").
+    k1, k2 : float, default 0.01, 0.03
+    covariance : {"population", "sample"}, default "population"
+        "sample" scales variances and covariance by N/(N-1), N = voxels in the window
+        (skimage's default; fastMRI; SynthRAD2023).
+    border : {"valid", "same-zero", "reflect"}, default "valid"
+        "valid": the map exists only where the window fits inside the image (shape shrinks by
+        ``win_size - 1`` per axis; equals skimage's cropped mean, MONAI, pytorch-msssim).
+        "same-zero": zero padding, input-sized map (pytorch-ssim, ssim3D).
+        "reflect": reflect padding, input-sized map, uncropped mean (torchmetrics >= 1.4.2).
+    mask : bool array of the spatial shape, optional
+        The result is the mean of the SSIM map over the mask voxels that the map covers (for
+        "valid", the mask is cropped exactly like the map). The map is computed on the real,
+        unmasked images. A mask that selects nothing there is an error.
+    reduction : {"mean", "none"}, default "mean"
+        "mean": one value per image: a 0-dim tensor for unbatched input, shape (N,) for
+        (N, C, ...) input (channels averaged). "none": shape (N, C) for batched input.
+    return_map : bool, default False
+        Also return the SSIM map (float32 or float64 like the computation; batched inputs keep
+        their (N, C) dims).
+    max_memory : int, optional
+        Byte budget of one slab. Default: half the free memory on CUDA, 64 MiB on CPU (tuned for
+        cache reuse). Slabs along the first spatial axis with a ``win_size - 1`` halo give the
+        same map as one pass; one output slice per slab is the smallest unit.
+
+    Returns
+    -------
+    value : tensor, float64
+        See ``reduction``.
+    map : tensor, optional
+        Only with ``return_map=True``.
+
+    Raises
+    ------
+    SettingsError
+        data_range missing or <= 0, unknown preset or option.
+    InputError
+        Shapes differ, NaN/Inf in an input, an axis shorter than the window under "valid",
+        bad or empty mask.
+
+    Notes
+    -----
+    Local variances are E[(x-c)²] - (μx-c)² with c the image mean (exact, less rounding) and are
+    clamped at zero. The filters are sums of shifted slices, not convolutions, so TF32 never
+    applies on GPU. Gradients flow to both inputs; when a volume needs several slabs under
+    autograd, each slab is recomputed in backward (activation checkpointing) so memory stays
+    bounded.
+
+    Settings that reproduce published tools with the same ``data_range`` (:data:`PRESET_NOTES`):
+    skimage ``structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False)`` = defaults here = preset "monai" = "pytorch_msssim";
+    skimage defaults = preset "skimage"; "fastmri" = :func:`ssim_slices` with skimage defaults.
+    """
+    s = resolve_settings(preset, window=window, win_size=win_size, sigma=sigma, k1=k1, k2=k2,
+                         covariance=covariance, border=border)
+    L = _check_data_range(data_range)
+    if reduction not in REDUCTIONS:
+        raise SettingsError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    x, y = _check_inputs(_to_tensor(x, "x"), _to_tensor(y, "y"))
+    if s.slices and x.ndim in (3, 5):
+        return _slices(x, y, 0, s, L, mask, reduction, return_map, max_memory)
+    return _ssim(x, y, s, L, mask, reduction, return_map, max_memory)
+
+
+def ssim_slices(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    axis: int = 0,
+    data_range: float | None = None,
+    preset: str | None = None,
+    window: Window | None = None,
+    win_size: int | Sequence[int] | None = None,
+    sigma: float | Sequence[float] | None = None,
+    k1: float | None = None,
+    k2: float | None = None,
+    covariance: Covariance | None = None,
+    border: Border | None = None,
+    mask: ArrayLike | None = None,
+    reduction: Literal["mean", "none"] = "mean",
+    return_map: bool = False,
+    max_memory: int | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Mean of 2-D SSIM over the slices of a volume along spatial ``axis`` (0, 1 or 2).
+
+    Takes (D, H, W) or (N, C, D, H, W) inputs and the options of :func:`ssim`. fastMRI's
+    evaluation is ``ssim_slices(gt, pred, axis=0, preset="fastmri", data_range=gt.max())``.
+    With a mask, each slice's value is its masked mean and slices whose map holds no mask voxel
+    are left out of the mean. ``return_map`` returns the stack of 2-D maps in the input's axis
+    order.
+    """
+    s = resolve_settings(preset, window=window, win_size=win_size, sigma=sigma, k1=k1, k2=k2,
+                         covariance=covariance, border=border)
+    L = _check_data_range(data_range)
+    if reduction not in REDUCTIONS:
+        raise SettingsError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    x, y = _check_inputs(_to_tensor(x, "x"), _to_tensor(y, "y"))
+    if x.ndim not in (3, 5):
+        raise InputError(f"ssim_slices needs (D, H, W) or (N, C, D, H, W) volumes, got shape "
+                         f"{tuple(x.shape)}")
+    if axis not in (0, 1, 2, -1, -2, -3):
+        raise SettingsError(f"axis must be a spatial axis 0, 1 or 2, got {axis}")
+    return _slices(x, y, axis % 3, s, L, mask, reduction, return_map, max_memory)
+
+
+def _slices(x, y, axis, s, L, mask, reduction, return_map, max_memory):
+    """2-D SSIM of every slice along ``axis``, computed as one batch of 2-D images."""
+    batched = x.ndim == 5
+    if not batched:
+        x, y = x[None, None], y[None, None]
+    n, c = x.shape[:2]
+    d = 2 + axis
+    # (N, C, D, H, W) -> (N*C*S, 1, A, B) with the slice axis folded into the batch
+    xs = x.movedim(d, 2).reshape(n * c * x.shape[d], 1, *x.movedim(d, 2).shape[3:])
+    ys = y.movedim(d, 2).reshape(xs.shape)
+    s2 = replace(s, slices=False)
+    m2 = None
+    if mask is not None:
+        m = _check_mask(mask, tuple(x.shape[2:]), x.device).movedim(axis, 0)
+        m2 = m
+    value, smap = _ssim(xs, ys, s2, L, None, "none", True, max_memory)
+    value = value.reshape(n, c, -1)
+    if m2 is not None:
+        mm = _crop_mask(m2, s2, smap.shape[-2:], slices=True)
+        counts = mm.flatten(1).sum(1)
+        if not bool((counts > 0).any()):
+            raise InputError("mask has no voxel inside the region the SSIM map covers")
+        sums = (smap.reshape(n, c, -1, *smap.shape[-2:]).double() * mm).flatten(3).sum(3)
+        keep = counts > 0
+        value = sums[..., keep] / counts[keep]
+    per_nc = value.mean(-1)
+    out = per_nc if reduction == "none" else per_nc.mean(1)
+    if not batched:
+        out = out[0, 0] if reduction == "none" else out[0]
+    if not return_map:
+        return out
+    smap = smap.reshape(n, c, x.shape[d], *smap.shape[-2:]).movedim(2, d)
+    return out, (smap if batched else smap[0, 0])
+
+
+def _crop_mask(m: torch.Tensor, s: SSIMSettings, map_shape, slices: bool = False):
+    """Crop a spatial mask exactly like the valid map (centre voxels of each window)."""
+    if s.border != "valid":
+        return m
+    start = 1 if slices else 0
+    for i, size in enumerate(map_shape):
+        dim = start + i
+        r = (m.shape[dim] - size) // 2
+        m = m.narrow(dim, r, size)
+    return m
+
+
+def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memory):
+    batched = x.ndim in (4, 5)
+    nd = x.ndim - 2 if batched else x.ndim
+    if not batched:
+        x, y = x[None, None], y[None, None]
+    spatial = tuple(x.shape[2:])
+    sizes = _per_axis(s.win_size, nd, "win_size")
+    sigmas = _per_axis(s.sigma, nd, "sigma")
+    for ax, (n, w) in enumerate(zip(spatial, sizes)):
+        if s.border == "valid" and n < w:
+            raise InputError(
+                f"spatial axis {ax} has {n} voxels, fewer than the {w}-voxel window "
+                f"(shape {spatial}); use a smaller win_size, border='same-zero'/'reflect', or "
+                f"2-D slices (ssim_slices)"
+            )
+        if s.border == "reflect" and n <= (w - 1) // 2:
+            raise InputError(f"spatial axis {ax} has {n} voxels, too few to reflect-pad a "
+                             f"{w}-voxel window (shape {spatial})")
+    m = _check_mask(mask, spatial, x.device) if mask is not None else None
+
+    # padding for the input-sized borders; statistics of the padded images
+    if s.border != "valid":
+        pad = [p for w in reversed(sizes) for p in ((w - 1) // 2,) * 2]
+        mode = "constant" if s.border == "same-zero" else "reflect"
+        x, y = F.pad(x, pad, mode=mode), F.pad(y, pad, mode=mode)
+    taps = [tuple(window_taps(s.window, w, sg)) for w, sg in zip(sizes, sigmas)]
+    cov_norm = 1.0
+    if s.covariance == "sample":
+        n_win = math.prod(sizes)
+        cov_norm = n_win / (n_win - 1)
+    c1, c2 = (s.k1 * L) ** 2, (s.k2 * L) ** 2
+    dims = tuple(range(2, x.ndim))
+    centre = (x.detach().mean(dims, keepdim=True), y.detach().mean(dims, keepdim=True))
+
+    map_shape = tuple(n - w + 1 for n, w in zip(x.shape[2:], sizes))
+    if m is not None:
+        m = _crop_mask(m, s, map_shape)
+        count = int(m.sum())
+        if count == 0:
+            raise InputError(
+                "mask has no voxel inside the region the SSIM map covers "
+                f"(the valid map skips {[(w - 1) // 2 for w in sizes]} voxels at each border)"
+            )
+    grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+    budget = max_memory if max_memory is not None else _default_budget(x.device)
+    slice_numel = x.shape[0] * x.shape[1] * math.prod(x.shape[3:])
+    per_out = _slab_bytes(1, 1, slice_numel, x.element_size(), grad)
+    halo = _slab_bytes(0, sizes[0], slice_numel, x.element_size(), grad)
+    step = max(1, min(map_shape[0], (budget - halo) // per_out))
+
+    sums, maps = [], []
+    for o0 in range(0, map_shape[0], step):
+        o1 = min(o0 + step, map_shape[0])
+        xs = x.narrow(2, o0, o1 - o0 + sizes[0] - 1)
+        ys = y.narrow(2, o0, o1 - o0 + sizes[0] - 1)
+        args = (xs, ys, centre, taps, c1, c2, cov_norm)
+        if grad and step < map_shape[0]:
+            smap = checkpoint(_ssim_slab, *args, use_reentrant=False)
+        else:
+            smap = _ssim_slab(*args)
+        if m is not None:
+            sums.append((smap.double() * m[o0:o1]).sum(dims))
+        else:
+            sums.append(smap.double().sum(dims))
+        if return_map:
+            maps.append(smap)
+    total = torch.stack(sums).sum(0)  # (N, C)
+    per_nc = total / (count if m is not None else math.prod(map_shape))
+    value = per_nc if reduction == "none" else per_nc.mean(1)
+    if not batched:
+        value = value[0, 0] if reduction == "none" else value[0]
+    if not return_map:
+        return value
+    full = torch.cat(maps, 2) if len(maps) > 1 else maps[0]
+    return value, (full if batched else full[0, 0])
