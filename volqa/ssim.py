@@ -42,8 +42,10 @@ REDUCTIONS = ("mean", "none")
 #: CPU slab budget when ``max_memory`` is not given. Small slabs stay in cache and are faster
 #: than whole-volume passes; the value was tuned on a 2-core machine (scripts/bench_ssim.py).
 CPU_DEFAULT_MAX_MEMORY = 64 * 2**20
-#: Fraction of the free CUDA memory used when ``max_memory`` is not given on a GPU.
+#: CUDA slab budget when ``max_memory`` is not given: this fraction of the free device memory,
+#: at most CUDA_DEFAULT_MAX_MEMORY (enough for few, large kernels; bounded extra memory).
 CUDA_FREE_FRACTION = 0.5
+CUDA_DEFAULT_MAX_MEMORY = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -222,9 +224,10 @@ class _Filter1d(torch.autograd.Function):
 
 def _filter(t: torch.Tensor, taps: Sequence[tuple], first_dim: int) -> torch.Tensor:
     """Apply one 1-D valid filter per spatial axis (axes ``first_dim``, ``first_dim+1``, ...)."""
+    grad = torch.is_grad_enabled() and t.requires_grad
     for i, tp in enumerate(taps):
         if len(tp) > 1:
-            t = _Filter1d.apply(t, tp, first_dim + i)
+            t = _Filter1d.apply(t, tp, first_dim + i) if grad else _shifted_sum(t, tp, first_dim + i)
     return t
 
 
@@ -247,15 +250,31 @@ def _ssim_slab(
     variance can only come from rounding.
     """
     cx, cy = centre
-    xc, yc = x - cx, y - cy
-    nd = len(taps)
-    stats = _filter(torch.stack([xc, yc, xc * xc, yc * yc, xc * yc]), taps, x.ndim - nd + 1)
+    stats = _filter(_moments(x - cx, y - cy), taps, x.ndim - len(taps) + 1)
     mx, my, exx, eyy, exy = stats.unbind(0)
-    vx = (exx - mx * mx).clamp_min(0) * cov_norm
-    vy = (eyy - my * my).clamp_min(0) * cov_norm
-    vxy = (exy - mx * my) * cov_norm
+    vx = (exx - mx * mx).clamp_min_(0)
+    vy = (eyy - my * my).clamp_min_(0)
+    vxy = exy - mx * my
     mx, my = mx + cx, my + cy
-    return ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    num = (2 * mx * my + c1) * (2 * cov_norm * vxy + c2)
+    return num / ((mx * mx + my * my + c1) * (cov_norm * (vx + vy) + c2))
+
+
+def _moments(xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
+    """Stack of the five images whose local means are the statistics: x, y, x², y², xy."""
+    if _is_compiling() or (torch.is_grad_enabled() and (xc.requires_grad or yc.requires_grad)):
+        return torch.stack([xc, yc, xc * xc, yc * yc, xc * yc])
+    out = xc.new_empty((5, *xc.shape))  # without autograd: no temporaries
+    out[0], out[1] = xc, yc
+    torch.mul(xc, xc, out=out[2])
+    torch.mul(yc, yc, out=out[3])
+    torch.mul(xc, yc, out=out[4])
+    return out
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and getattr(compiler, "is_compiling", lambda: False)())
 
 
 def _slab_bytes(out_slices: int, win0: int, slice_numel: int, itemsize: int, grad: bool) -> int:
@@ -265,10 +284,25 @@ def _slab_bytes(out_slices: int, win0: int, slice_numel: int, itemsize: int, gra
     return live * slice_numel * itemsize * (2 if grad else 1)
 
 
+_compiled_slab = None
+
+
+def _slab_function():
+    """The slab kernel: plain eager code, or with ``VOLQA_COMPILE=1`` the same code fused by
+    ``torch.compile``. Compiling costs tens of seconds once per process and slab shape and
+    needs a compiler toolchain (a C++ compiler on CPU, Triton on CUDA)."""
+    global _compiled_slab
+    if os.environ.get("VOLQA_COMPILE", "0") != "1":
+        return _ssim_slab
+    if _compiled_slab is None:
+        _compiled_slab = torch.compile(_ssim_slab, dynamic=False)
+    return _compiled_slab
+
+
 def _default_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * CUDA_FREE_FRACTION)
+        return min(int(free * CUDA_FREE_FRACTION), CUDA_DEFAULT_MAX_MEMORY)
     return int(os.environ.get("VOLQA_CPU_MAX_MEMORY", CPU_DEFAULT_MAX_MEMORY))
 
 
@@ -299,7 +333,10 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch
         dtype = torch.float32  # float16/bfloat16 and integers are computed in float32
     x, y = x.to(dtype), y.to(dtype)
     for name, t in (("x", x), ("y", y)):
-        bad = (~torch.isfinite(t)).sum().item()
+        # a sum is NaN/Inf if any voxel is (or on overflow): count only then, no big temporary
+        if math.isfinite(float(t.sum())):
+            continue
+        bad = t.numel() - int(torch.isfinite(t).sum())
         if bad:
             raise InputError(f"{name} holds {bad} NaN or Inf values; SSIM is undefined there")
     return x, y
@@ -394,8 +431,8 @@ def ssim(
         Also return the SSIM map (float32 or float64 like the computation; batched inputs keep
         their (N, C) dims).
     max_memory : int, optional
-        Byte budget of one slab. Default: half the free memory on CUDA, 64 MiB on CPU (tuned for
-        cache reuse). Slabs along the first spatial axis with a ``win_size - 1`` halo give the
+        Byte budget of one slab. Default: half the free memory on CUDA, at most 512 MiB; 64 MiB
+        on CPU (tuned for cache reuse; ``VOLQA_CPU_MAX_MEMORY`` overrides it). Slabs along the first spatial axis with a ``win_size - 1`` halo give the
         same map as one pass; one output slice per slab is the smallest unit.
 
     Returns
@@ -575,7 +612,11 @@ def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memo
     halo = _slab_bytes(0, sizes[0], slice_numel, x.element_size(), grad)
     step = max(1, min(map_shape[0], (budget - halo) // per_out))
 
-    sums, maps = [], []
+    slab = _slab_function()
+    # one accumulator, added to in place: a list of per-slab sums would scatter small
+    # long-lived allocations between the slabs' large temporaries and fragment the heap
+    total = torch.zeros(x.shape[:2], dtype=torch.float64, device=x.device)
+    maps = []
     for o0 in range(0, map_shape[0], step):
         o1 = min(o0 + step, map_shape[0])
         xs = x.narrow(2, o0, o1 - o0 + sizes[0] - 1)
@@ -584,14 +625,10 @@ def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memo
         if grad and step < map_shape[0]:
             smap = checkpoint(_ssim_slab, *args, use_reentrant=False)
         else:
-            smap = _ssim_slab(*args)
-        if m is not None:
-            sums.append((smap.double() * m[o0:o1]).sum(dims))
-        else:
-            sums.append(smap.double().sum(dims))
+            smap = slab(*args)
+        total += (smap * m[o0:o1] if m is not None else smap).sum(dims, dtype=torch.float64)
         if return_map:
             maps.append(smap)
-    total = torch.stack(sums).sum(0)  # (N, C)
     per_nc = total / (count if m is not None else math.prod(map_shape))
     value = per_nc if reduction == "none" else per_nc.mean(1)
     if not batched:
