@@ -334,7 +334,7 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch
     x, y = x.to(dtype), y.to(dtype)
     for name, t in (("x", x), ("y", y)):
         # a sum is NaN/Inf if any voxel is (or on overflow): count only then, no big temporary
-        if math.isfinite(float(t.sum())):
+        if math.isfinite(float(t.detach().sum())):
             continue
         bad = t.numel() - int(torch.isfinite(t).sum())
         if bad:
