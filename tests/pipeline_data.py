@@ -1,0 +1,78 @@
+"""Small synthetic volumes and manifests shared by the pipeline tests (not collected)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+SHAPE = (20, 18, 16)
+AFFINE = np.diag([1.0, 1.0, 1.5, 1.0])
+
+
+def phantom(seed: int = 0, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
+    """A smooth, non-constant float32 volume in about [0, 100]."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r2 = sum(g * g for g in grids)
+    base = 80.0 * np.exp(-2.0 * r2) + 10.0 * grids[0]
+    return (base + rng.normal(0, 1.0, shape)).astype(np.float32) + 20.0
+
+
+def degrade(ref: np.ndarray, seed: int, noise: float = 4.0) -> np.ndarray:
+    rng = np.random.default_rng(1000 + seed)
+    return (ref + rng.normal(0, noise, ref.shape)).astype(np.float32)
+
+
+def write_nii(path: Path, array: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array), affine), str(path))
+    return path
+
+
+def write_manifest(path: Path, rows: Iterable[Mapping[str, str]], columns=None) -> Path:
+    rows = list(rows)
+    columns = columns or list(rows[0])
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    return path
+
+
+def make_batch(root: Path, n: int = 4, *, mask: bool = False, noise: float = 4.0) -> Path:
+    """``n`` subjects (ref + test .nii.gz, optional mask) and a manifest with covariates."""
+    data = root / "data"
+    rows = []
+    for i in range(n):
+        ref = phantom(i)
+        write_nii(data / f"s{i}_ref.nii.gz", ref)
+        write_nii(data / f"s{i}_test.nii.gz", degrade(ref, i, noise * (1 + i % 3)))
+        row = {
+            "subject_id": f"sub-{i:02d}",
+            "reference": f"data/s{i}_ref.nii.gz",
+            "test": f"data/s{i}_test.nii.gz",
+        }
+        if mask:
+            m = np.zeros(SHAPE, np.uint8)
+            m[4:16, 4:14, 3:13] = 1
+            write_nii(data / f"s{i}_mask.nii.gz", m)
+            row["mask"] = f"data/s{i}_mask.nii.gz" if i % 2 == 0 else ""
+        row["site"] = ["A", "B"][i % 2]
+        row["acceleration"] = f"{(i % 3) + 1:02d}"  # leading zero must survive as text
+        rows.append(row)
+    return write_manifest(root / "manifest.csv", rows)
+
+
+def sha256_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative path -> digest)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

@@ -1,0 +1,353 @@
+"""Read and validate a scoring manifest (a CSV file listing reference/test pairs).
+
+Format
+------
+A UTF-8 CSV file (comma-separated, first line is the header, an optional byte-order mark is
+accepted) with the columns
+
+``subject_id``
+    Any non-empty text naming the subject.
+``reference``
+    The ground-truth volume: a NIfTI/ITK file, a DICOM file or a DICOM series folder.
+``test``
+    The reconstruction scored against ``reference``.
+``mask`` (optional column; a cell may be empty)
+    A binary or label mask in the reference's geometry.
+
+Every other column (site, method, acceleration, ...) is carried unchanged, as text, into the
+output row. Relative paths resolve against the folder that holds the manifest, not against the
+working directory. A DICOM folder holding several series names one of them as
+``folder#<SeriesInstanceUID>``; the suffix is kept and split off by :func:`split_series`.
+
+Validation is about the manifest's *structure* and happens before any subject is scored:
+not UTF-8, not a CSV, no data rows, missing or duplicated columns, columns that collide with
+volqa's output columns, empty required cells, rows with the wrong number of fields, and
+duplicate ``(subject_id, test)`` pairs. Every problem is collected into one
+:class:`~volqa.errors.ManifestError`. A listed file that does not exist is *not* a manifest
+error by default (the row fails and the batch goes on); :func:`missing_files` lists them all
+for a pre-flight warning, and ``strict=True`` in :func:`read_manifest` turns them into
+manifest errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ManifestError
+from .results import RESERVED_COLUMNS
+
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "OPTIONAL_COLUMNS",
+    "Manifest",
+    "ManifestRow",
+    "read_manifest",
+    "missing_files",
+    "split_series",
+]
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("subject_id", "reference", "test")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("mask",)
+PATH_COLUMNS: tuple[str, ...] = ("reference", "test", "mask")
+
+# A DICOM UID: numeric components separated by dots, at most 64 characters (PS3.5 §9.1).
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_MAX_LISTED = 50  # problems listed in one message before "... and N more"
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One data row of a manifest.
+
+    Attributes
+    ----------
+    index : int
+        0-based position among the data rows (the output row order).
+    line : int
+        1-based line number in the file where the record ends (the header is line 1).
+    subject_id : str
+        The ``subject_id`` cell with surrounding whitespace removed.
+    reference, test : str
+        Absolute, normalised paths (``#<uid>`` suffix kept).
+    mask : str or None
+        Resolved mask path, or None when the row has no mask.
+    values : Mapping[str, str]
+        Every cell of the row exactly as written, keyed by column name in file order.
+    """
+
+    index: int
+    line: int
+    subject_id: str
+    reference: str
+    test: str
+    mask: str | None
+    values: Mapping[str, str] = field(repr=False)
+
+    @property
+    def row_number(self) -> int:
+        """1-based data row number (the first row after the header is 1)."""
+        return self.index + 1
+
+    def where(self) -> str:
+        """Human-readable location, e.g. ``"row 3 (line 4, subject 'sub-03')"``."""
+        return f"row {self.row_number} (line {self.line}, subject {self.subject_id!r})"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest.
+
+    Attributes
+    ----------
+    path : Path
+        The manifest file.
+    columns : tuple of str
+        Column names in file order (header cells with surrounding whitespace removed).
+    rows : tuple of ManifestRow
+        Data rows in file order.
+    """
+
+    path: Path
+    columns: tuple[str, ...]
+    rows: tuple[ManifestRow, ...]
+
+    @property
+    def has_mask(self) -> bool:
+        """True when the manifest has a ``mask`` column (cells may still be empty)."""
+        return "mask" in self.columns
+
+    @property
+    def passthrough_columns(self) -> tuple[str, ...]:
+        """The manifest's own columns, in file order (all of them, paths included)."""
+        return self.columns
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def split_series(path: str) -> tuple[str, str | None]:
+    """Split an optional ``#<SeriesInstanceUID>`` suffix off a path.
+
+    The suffix is recognised only when the text after the last ``#`` is a DICOM UID (digits
+    and dots) and the whole string is not itself an existing path, so file names that contain
+    ``#`` keep working.
+
+    Parameters
+    ----------
+    path : str
+        A path as written in the manifest (or resolved).
+
+    Returns
+    -------
+    (str, str or None)
+        The file-system path and the series UID (None when there is no suffix).
+    """
+    head, sep, tail = path.rpartition("#")
+    if sep and head and _UID.match(tail) and len(tail) <= 64 and not os.path.exists(path):
+        return head, tail
+    return path, None
+
+
+def _resolve(cell: str, base: Path) -> str:
+    text = os.path.expanduser(cell.strip())
+    fs_path, uid = split_series(text)
+    resolved = Path(fs_path) if os.path.isabs(fs_path) else base / fs_path
+    out = os.path.abspath(resolved)
+    return f"{out}#{uid}" if uid is not None else out
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    if b"\x00" in raw[:65536]:
+        raise ManifestError(
+            f"manifest {str(path)!r} is not a CSV text file (it contains NUL bytes; is it an "
+            "image, a spreadsheet or a compressed file?). Give a comma-separated text file "
+            "with the columns subject_id, reference, test and optionally mask."
+        )
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ManifestError(
+            f"manifest {str(path)!r} is not UTF-8: byte 0x{raw[exc.start]:02x} at line {line} "
+            f"(offset {exc.start}) cannot be decoded. Save the file as UTF-8 (in Excel: "
+            "'CSV UTF-8'; or `iconv -f latin1 -t utf-8`)."
+        ) from None
+
+
+def read_manifest(path: str | os.PathLike[str], *, strict: bool = False) -> Manifest:
+    """Read and validate a manifest.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The CSV file.
+    strict : bool, default False
+        Also treat listed files or folders that do not exist as manifest errors (by default
+        a missing file fails only its own row when scored; see :func:`missing_files`).
+
+    Returns
+    -------
+    Manifest
+
+    Raises
+    ------
+    ManifestError
+        With one message that lists every problem found (up to 50, then a count).
+    """
+    mpath = Path(path)
+    if not mpath.exists():
+        raise ManifestError(f"manifest {str(mpath)!r} does not exist; check the path.")
+    if mpath.is_dir():
+        raise ManifestError(
+            f"manifest {str(mpath)!r} is a folder; give the CSV file that lists the pairs."
+        )
+    try:
+        raw = mpath.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"manifest {str(mpath)!r} cannot be read: {exc.strerror}.") from None
+    text = _decode(mpath, raw)
+    if not text.strip():
+        raise ManifestError(
+            f"manifest {str(mpath)!r} is empty; it needs a header line "
+            "'subject_id,reference,test[,mask]' and one line per pair."
+        )
+
+    try:
+        records = [(line, rec) for line, rec in _records(text) if any(c.strip() for c in rec)]
+    except csv.Error as exc:
+        raise ManifestError(
+            f"manifest {str(mpath)!r} is not a valid CSV file: {exc}. Give a comma-separated "
+            "text file with the columns subject_id, reference, test and optionally mask."
+        ) from None
+
+    if not records:
+        raise ManifestError(
+            f"manifest {str(mpath)!r} is empty; it needs a header line "
+            "'subject_id,reference,test[,mask]' and one line per pair."
+        )
+    problems: list[str] = []
+    _, header_cells = records[0]
+    header = tuple(c.strip() for c in header_cells)
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        hint = ""
+        lower = {c.lower(): c for c in header}
+        near = [f"{lower[c]!r} -> {c!r}" for c in missing if c in lower]
+        if len(header) == 1 and any(d in header[0] for d in ";\t|"):
+            hint = " The header has a single column: volqa needs commas as separators."
+        elif near:
+            hint = " Column names are case-sensitive: rename " + ", ".join(near) + "."
+        elif len(missing) == len(REQUIRED_COLUMNS):
+            hint = (
+                " The first line must be the header subject_id,reference,test[,mask]: "
+                "is this a CSV manifest?"
+            )
+        problems.append(
+            f"missing column(s) {', '.join(missing)} (found: {', '.join(map(repr, header))})."
+            + hint
+        )
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        problems.append(f"duplicate column name(s) in the header: {', '.join(map(repr, dupes))}.")
+    empty_names = [i + 1 for i, c in enumerate(header) if not c]
+    if empty_names:
+        problems.append(f"header column(s) {empty_names} have no name.")
+    reserved = [c for c in header if c in RESERVED_COLUMNS]
+    if reserved:
+        problems.append(
+            f"column(s) {', '.join(map(repr, reserved))} clash with volqa's output columns; "
+            "rename them in the manifest."
+        )
+
+    data = records[1:]
+    if not data:
+        problems.append("no data rows after the header (empty manifest).")
+    if missing or dupes:
+        raise _error(mpath, problems)
+
+    base = mpath.parent
+    rows: list[ManifestRow] = []
+    seen: dict[tuple[str, str], int] = {}
+    sid_col = header.index("subject_id")
+    for index, (line, cells) in enumerate(data):
+        where = f"row {index + 1} (line {line})"
+        subject = cells[sid_col].strip() if sid_col < len(cells) else ""
+        if subject:
+            where = f"row {index + 1} (line {line}, subject {subject!r})"
+        if len(cells) != len(header):
+            problems.append(
+                f"{where}: {len(cells)} fields but the header has {len(header)} "
+                "(a comma inside a path needs the cell in double quotes)."
+            )
+            continue
+        values = dict(zip(header, cells, strict=True))
+        empty = [c for c in REQUIRED_COLUMNS if not values[c].strip()]
+        if empty:
+            problems.append(f"{where}: empty {', '.join(empty)}.")
+            continue
+        ref = _resolve(values["reference"], base)
+        test = _resolve(values["test"], base)
+        mask_cell = values.get("mask", "")
+        mask = _resolve(mask_cell, base) if mask_cell.strip() else None
+        key = (subject, test)
+        if key in seen:
+            problems.append(
+                f"{where}: duplicate of row {seen[key] + 1} (same subject_id and test "
+                f"{values['test'].strip()!r}); remove one of them."
+            )
+        else:
+            seen[key] = index
+        rows.append(ManifestRow(index, line, subject, ref, test, mask, values))
+
+    manifest = Manifest(mpath, header, tuple(rows))
+    if strict and not problems:
+        problems.extend(missing_files(manifest))
+    if problems:
+        raise _error(mpath, problems)
+    return manifest
+
+
+def missing_files(manifest: Manifest) -> list[str]:
+    """List every path of the manifest that does not exist, one message per path.
+
+    Parameters
+    ----------
+    manifest : Manifest
+
+    Returns
+    -------
+    list of str
+        E.g. ``"row 3 (line 4, subject 'sub-03'): test file not found: /data/x.nii.gz"``.
+    """
+    out = []
+    for row in manifest.rows:
+        for role in PATH_COLUMNS:
+            p = getattr(row, role)
+            if p is None:
+                continue
+            fs_path, _ = split_series(p)
+            if not os.path.exists(fs_path):
+                out.append(f"{row.where()}: {role} file not found: {fs_path}")
+    return out
+
+
+def _records(text: str):
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    for rec in reader:
+        yield reader.line_num, rec
+
+
+def _error(path: Path, problems: list[str]) -> ManifestError:
+    shown = problems[:_MAX_LISTED]
+    more = len(problems) - len(shown)
+    lines = [f"manifest {str(path)!r} has {len(problems)} problem(s); nothing was scored:"]
+    lines += [f"  - {p}" for p in shown]
+    if more:
+        lines.append(f"  ... and {more} more")
+    return ManifestError("\n".join(lines))

@@ -1,0 +1,255 @@
+"""Voxel-wise error metrics (MSE, MAE, PSNR, NRMSE) and mask handling.
+
+Conventions
+-----------
+- Sums are accumulated in float64 over slabs of the first axis, whatever the input dtype,
+  so no float64 copy of a whole volume is made.
+- ``reference`` is the ground truth; ``test`` the reconstruction. Arguments are not symmetric
+  for NRMSE (normalised by the reference).
+- ``mse = mean((test - reference)**2)``, ``mae = mean(|test - reference|)``.
+- ``psnr = 10 * log10(L**2 / mse)`` in dB with the data range ``L`` given by the caller;
+  identical images give ``+inf`` (written as ``inf`` in CSV files). Equal to
+  ``skimage.metrics.peak_signal_noise_ratio(reference, test, data_range=L)``.
+- ``nrmse = sqrt(mse) / (max(reference) - min(reference))``: skimage's
+  ``normalized_root_mse(reference, test, normalization="min-max")``. The range normalisation
+  makes NRMSE independent of a common affine intensity map, so it does not depend on the
+  ``--normalize`` mode (except for the clipping modes). A constant reference has no range:
+  :func:`nrmse` raises :class:`~volqa.errors.InputError`.
+- With ``mask``, every metric uses the voxels where the mask is True only (NRMSE then
+  divides by the reference's range inside the mask).
+
+Mask rule (:func:`binarize_mask`): a voxel is inside when its value is non-zero. The values
+must be whole numbers (a binary mask, or a label map whose labels are all used together);
+fractional values (a probability map, or a mask resampled with linear interpolation) are an
+error, because any threshold would be a guess.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = [
+    "ErrorStats",
+    "error_stats",
+    "mse",
+    "mae",
+    "psnr",
+    "nrmse",
+    "binarize_mask",
+    "masked_mean",
+]
+
+_SLAB_VOXELS = 1 << 20
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """Sums behind every voxel-wise metric, all float64.
+
+    Attributes
+    ----------
+    n : int
+        Number of voxels used (inside the mask, if any).
+    mae, mse : float
+        Mean absolute and mean squared error.
+    ref_min, ref_max : float
+        Range of the reference over the same voxels.
+    """
+
+    n: int
+    mae: float
+    mse: float
+    ref_min: float
+    ref_max: float
+
+    def psnr(self, data_range: float) -> float:
+        """PSNR in dB for the data range ``L``; ``inf`` when ``mse == 0``."""
+        if not (math.isfinite(data_range) and data_range > 0):
+            raise InputError(f"data_range must be a finite number > 0; got {data_range!r}.")
+        if self.mse == 0:
+            return math.inf
+        return 10.0 * math.log10(data_range * data_range / self.mse)
+
+    def nrmse(self) -> float:
+        """RMSE divided by the reference's max - min."""
+        span = self.ref_max - self.ref_min
+        if not span > 0:
+            raise InputError(
+                f"NRMSE is undefined: the reference is constant ({self.ref_min:g}) over the "
+                "scored voxels, so its range (max - min) is 0."
+            )
+        return math.sqrt(self.mse) / span
+
+
+def _check_pair(reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None) -> None:
+    if reference.shape != test.shape:
+        raise InputError(f"reference shape {reference.shape} and test shape {test.shape} differ.")
+    if mask is not None and mask.shape != reference.shape:
+        raise InputError(
+            f"mask shape {mask.shape} differs from the volume shape {reference.shape}."
+        )
+
+
+def error_stats(
+    reference: np.ndarray, test: np.ndarray, *, mask: np.ndarray | None = None
+) -> ErrorStats:
+    """Accumulate the error sums of a pair in float64.
+
+    Parameters
+    ----------
+    reference, test : ndarray, same shape (any number of dimensions >= 1)
+    mask : ndarray of bool, same shape, optional
+        Voxels to use. Must select at least one voxel.
+
+    Returns
+    -------
+    ErrorStats
+    """
+    ref = np.asarray(reference)
+    tst = np.asarray(test)
+    msk = None if mask is None else np.asarray(mask, dtype=bool)
+    _check_pair(ref, tst, msk)
+    if ref.size == 0:
+        raise InputError("cannot score an empty volume (0 voxels).")
+    rows = max(1, _SLAB_VOXELS // max(1, ref[0].size)) if ref.ndim > 1 else ref.shape[0]
+    n = 0
+    s_abs = 0.0
+    s_sq = 0.0
+    rmin, rmax = math.inf, -math.inf
+    for start in range(0, ref.shape[0], rows):
+        sl = slice(start, start + rows)
+        r = ref[sl].astype(np.float64)
+        d = tst[sl].astype(np.float64) - r
+        if msk is not None:
+            m = msk[sl]
+            r = r[m]
+            d = d[m]
+        if d.size == 0:
+            continue
+        n += d.size
+        s_abs += float(np.abs(d).sum())
+        s_sq += float(np.dot(d.ravel(), d.ravel()))
+        rmin = min(rmin, float(r.min()))
+        rmax = max(rmax, float(r.max()))
+    if n == 0:
+        raise InputError("the mask selects no voxel (it is empty); nothing to score.")
+    return ErrorStats(n, s_abs / n, s_sq / n, rmin, rmax)
+
+
+def mse(reference: np.ndarray, test: np.ndarray, *, mask: np.ndarray | None = None) -> float:
+    """Mean squared error, float64 accumulation. See the module docstring."""
+    return error_stats(reference, test, mask=mask).mse
+
+
+def mae(reference: np.ndarray, test: np.ndarray, *, mask: np.ndarray | None = None) -> float:
+    """Mean absolute error, float64 accumulation. See the module docstring."""
+    return error_stats(reference, test, mask=mask).mae
+
+
+def psnr(
+    reference: np.ndarray,
+    test: np.ndarray,
+    *,
+    data_range: float,
+    mask: np.ndarray | None = None,
+) -> float:
+    """Peak signal-to-noise ratio in dB, ``10 log10(L**2 / mse)``; ``inf`` for identical images.
+
+    Parameters
+    ----------
+    reference, test : ndarray, same shape
+    data_range : float
+        ``L``, the intensity range (required: there is no safe default).
+    mask : ndarray of bool, optional
+    """
+    return error_stats(reference, test, mask=mask).psnr(data_range)
+
+
+def nrmse(reference: np.ndarray, test: np.ndarray, *, mask: np.ndarray | None = None) -> float:
+    """RMSE / (max(reference) - min(reference)) (skimage's ``normalization="min-max"``).
+
+    Raises
+    ------
+    InputError
+        The reference is constant over the scored voxels.
+    """
+    return error_stats(reference, test, mask=mask).nrmse()
+
+
+def binarize_mask(array: np.ndarray, *, source: str = "mask") -> tuple[np.ndarray, str]:
+    """Turn a mask volume into a boolean array (inside = non-zero), checking the values.
+
+    Parameters
+    ----------
+    array : ndarray
+        The mask volume as read (any numeric dtype).
+    source : str
+        The file name, used in messages.
+
+    Returns
+    -------
+    (ndarray of bool, str)
+        The mask and a note ("" for a 0/1 mask; for a label map, the labels merged).
+
+    Raises
+    ------
+    InputError
+        NaN or fractional values (probability map: threshold it first), or no voxel inside.
+    """
+    a = np.asarray(array)
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise InputError(f"mask {source}: contains NaN or Inf values.")
+        frac = a != np.round(a)
+        if frac.any():
+            example = float(a[frac].flat[0])
+            raise InputError(
+                f"mask {source}: {int(frac.sum())} voxel(s) have fractional values (e.g. "
+                f"{example:g}); volqa needs a binary or label mask (inside = non-zero). "
+                "Threshold it first (e.g. value >= 0.5) and save it as integers."
+            )
+    inside = a != 0
+    if not inside.any():
+        raise InputError(f"mask {source}: no voxel is non-zero (empty mask); nothing to score.")
+    note = ""
+    labels = np.unique(a[inside])
+    if labels.size > 1 or float(labels[0]) != 1.0:
+        shown = ", ".join(f"{float(v):g}" for v in labels[:10])
+        more = f" and {labels.size - 10} more" if labels.size > 10 else ""
+        note = f"mask has values {shown}{more}: every non-zero voxel is inside"
+    return inside, note
+
+
+def masked_mean(values: np.ndarray, mask: np.ndarray) -> float:
+    """Mean of a map over the mask voxels it covers, accumulated in float64.
+
+    Parameters
+    ----------
+    values : ndarray, shape (d - 2r, h - 2r, w - 2r) or (d, h, w)
+        A map centred on the volume: a "valid" map is smaller by the same amount on both
+        sides of each axis (the offset is (full - map) // 2 per axis).
+    mask : ndarray of bool, shape (d, h, w)
+
+    Raises
+    ------
+    InputError
+        No mask voxel lies inside the map's region.
+    """
+    v = np.asarray(values)
+    m = np.asarray(mask, dtype=bool)
+    if v.ndim != m.ndim or any(a > b for a, b in zip(v.shape, m.shape, strict=True)):
+        raise InputError(f"map shape {v.shape} does not fit in the mask shape {m.shape}.")
+    offs = [(b - a) // 2 for a, b in zip(v.shape, m.shape, strict=True)]
+    crop = m[tuple(slice(o, o + s) for o, s in zip(offs, v.shape, strict=True))]
+    n = int(crop.sum())
+    if n == 0:
+        raise InputError(
+            f"no mask voxel lies inside the region the SSIM map covers (map {v.shape} centred "
+            f"in {m.shape}); the mask only touches the border the window cannot reach."
+        )
+    return float(np.sum(v[crop], dtype=np.float64) / n)

@@ -1,0 +1,294 @@
+"""Intensity normalisation of a reference/test pair before scoring.
+
+Every mode derives one affine map ``x -> (clip(x) - offset) * scale`` from the *reference*
+volume only and applies the same map to the test volume, so a reconstruction whose
+intensities are scaled or shifted is still penalised. The statistics use every voxel of the
+reference (not only the mask).
+
+========== ======================================== ============= ========================
+mode       map                                      clipping      data range ``L``
+========== ======================================== ============= ========================
+none       identity                                 no            ``data_range`` if given,
+                                                                  else ref max - ref min
+minmax     ``(x - min) / (max - min)``               no            1
+percentile ``(x - p_lo) / (p_hi - p_lo)``            to [p_lo,     1
+                                                    p_hi], both
+zscore     ``(x - mean) / std`` (population std)     no            (max - min) / std of the
+                                                                  reference
+window     ``(x - (level - width/2)) / width``       to the        1
+                                                    window, both
+========== ======================================== ============= ========================
+
+``minmax`` is the default, for three reasons. (1) SSIM's luminance term
+``(2 μx μy + C1) / (μx² + μy² + C1)`` depends on where zero is: on raw values the score changes
+when both volumes are shifted by a constant (CT stored as HU or as HU + 1024 gives different
+SSIMs) and it can even turn negative where local means change sign (soft tissue near 0 HU).
+Mapping the reference's min to 0 and max to 1 removes the origin and the unit and gives the
+common "images in [0, 1], L = 1" convention. (2) The map comes from the reference only and the
+test is not clipped, so a reconstruction's intensity errors (scaling, offset, overshoot) still
+count. (3) PSNR and the range-normalised NRMSE are unchanged by any common affine map when
+``L`` follows it, so they equal those of ``none`` with ``L = max - min`` of the reference; only
+MAE and MSE change unit (fractions of the reference's range). Use ``none`` to keep MAE/MSE in
+the scanner's units (e.g. Hounsfield units), with ``data_range`` for a fixed ``L``.
+
+Percentiles are computed exactly (linear interpolation between order statistics, numpy's and
+torch's default ``"linear"`` method) with :func:`numpy.partition`, which has no limit on the
+number of elements (``torch.quantile`` refuses more than 2**24).
+
+A reference with no spread (constant, or equal percentiles, or zero standard deviation) gives
+an :class:`~volqa.errors.InputError` that says so: there is no data range to normalise by.
+With ``none`` and an explicit ``data_range`` a constant reference is accepted (SSIM and PSNR
+are defined; the range-normalised NRMSE is not).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError, SettingsError
+
+__all__ = [
+    "NORMALIZE_MODES",
+    "DEFAULT_NORMALIZE",
+    "DEFAULT_PERCENTILES",
+    "Normalized",
+    "normalize_pair",
+    "percentiles",
+    "check_normalize_settings",
+]
+
+NORMALIZE_MODES: tuple[str, ...] = ("none", "minmax", "percentile", "zscore", "window")
+DEFAULT_NORMALIZE = "minmax"
+DEFAULT_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """A normalised pair and the map that produced it.
+
+    Attributes
+    ----------
+    reference, test : ndarray, float32, same shape as the inputs
+        The normalised volumes (the inputs themselves, as float32, for ``none``).
+    data_range : float
+        ``L`` for SSIM and PSNR, in normalised units.
+    mode : str
+        The normalisation mode.
+    offset, scale : float
+        The map ``y = (clip(x) - offset) * scale`` (0 and 1 for ``none``).
+    clip : (float, float) or None
+        The clipping range in input units, applied to both volumes before the map.
+    """
+
+    reference: np.ndarray
+    test: np.ndarray
+    data_range: float
+    mode: str
+    offset: float = 0.0
+    scale: float = 1.0
+    clip: tuple[float, float] | None = None
+
+
+def check_normalize_settings(
+    mode: str,
+    *,
+    data_range: float | None = None,
+    percentile_range: Sequence[float] = DEFAULT_PERCENTILES,
+    intensity_window: Sequence[float] | None = None,
+) -> None:
+    """Validate normalisation settings without touching any volume.
+
+    Raises
+    ------
+    SettingsError
+        Unknown mode, ``data_range`` not positive or given with a mode other than ``none``,
+        percentiles outside ``0 <= lo < hi <= 100``, missing or invalid window.
+    """
+    if mode not in NORMALIZE_MODES:
+        raise SettingsError(
+            f"normalize must be one of {', '.join(NORMALIZE_MODES)}; got {mode!r}."
+        )
+    if data_range is not None:
+        if not (isinstance(data_range, int | float) and math.isfinite(data_range)) or (
+            data_range <= 0
+        ):
+            raise SettingsError(f"data_range must be a finite number > 0; got {data_range!r}.")
+        if mode != "none":
+            raise SettingsError(
+                f"data_range={data_range!r} applies only to normalize='none', but normalize is "
+                f"{mode!r} (it sets its own range: 1, or (max - min) / std for zscore); add "
+                "--normalize none (normalize='none') to score raw intensities with this range."
+            )
+    if mode == "percentile":
+        p = tuple(percentile_range)
+        if len(p) != 2 or not all(math.isfinite(v) for v in p) or not 0 <= p[0] < p[1] <= 100:
+            raise SettingsError(
+                f"percentiles must be two numbers LOW,HIGH with 0 <= LOW < HIGH <= 100; got {p!r}."
+            )
+    if mode == "window":
+        if intensity_window is None:
+            raise SettingsError(
+                "normalize='window' needs the window as LEVEL,WIDTH (CLI: --window 40,400; "
+                "Python: intensity_window=(40, 400))."
+            )
+        w = tuple(intensity_window)
+        if len(w) != 2 or not all(math.isfinite(v) for v in w) or w[1] <= 0:
+            raise SettingsError(
+                f"the intensity window must be LEVEL,WIDTH with a finite LEVEL and WIDTH > 0; "
+                f"got {w!r}."
+            )
+    elif intensity_window is not None:
+        raise SettingsError(
+            f"an intensity window ({tuple(intensity_window)!r}) applies only to "
+            f"normalize='window' (got normalize={mode!r}); drop it or use --normalize window."
+        )
+
+
+def percentiles(array: np.ndarray, q: Sequence[float]) -> np.ndarray:
+    """Exact percentiles of an array of any size, linear interpolation, float64 result.
+
+    Parameters
+    ----------
+    array : ndarray
+        Any shape; flattened. Must not contain NaN.
+    q : sequence of float
+        Percentiles in [0, 100].
+
+    Returns
+    -------
+    ndarray of float64, shape (len(q),)
+        Equal to ``numpy.percentile(array.astype(float64), q)`` (method ``"linear"``).
+    """
+    flat = np.asarray(array).ravel()
+    n = flat.size
+    if n == 0:
+        raise InputError("cannot compute percentiles of an empty volume.")
+    pos = [(n - 1) * float(v) / 100.0 for v in q]
+    ks = sorted({k for p in pos for k in (math.floor(p), min(math.floor(p) + 1, n - 1))})
+    part = np.partition(flat, ks)  # copy in the input dtype; order statistics are exact
+    out = np.empty(len(pos), dtype=np.float64)
+    for i, p in enumerate(pos):
+        lo = math.floor(p)
+        hi = min(lo + 1, n - 1)
+        a, b = float(part[lo]), float(part[hi])
+        out[i] = a + (b - a) * (p - lo)
+    return out
+
+
+def _apply(x: np.ndarray, offset: float, scale: float, clip: tuple[float, float] | None):
+    # float32 arithmetic on a fresh array (no float64 copy of the volume): the relative
+    # rounding error is ~1e-7, far below any metric's meaningful digits.
+    y = np.asarray(x, dtype=np.float32)
+    y = np.clip(y, clip[0], clip[1]) if clip is not None else y.copy()
+    y -= np.float32(offset)
+    y *= np.float32(scale)
+    return y
+
+
+def normalize_pair(
+    reference: np.ndarray,
+    test: np.ndarray,
+    *,
+    mode: str = DEFAULT_NORMALIZE,
+    data_range: float | None = None,
+    percentile_range: Sequence[float] = DEFAULT_PERCENTILES,
+    intensity_window: Sequence[float] | None = None,
+) -> Normalized:
+    """Normalise a pair with a map computed from the reference (see the module docstring).
+
+    Parameters
+    ----------
+    reference, test : ndarray, (D, H, W) or any shape, same shape
+        Finite values.
+    mode : {"none", "minmax", "percentile", "zscore", "window"}, default "minmax"
+    data_range : float, optional
+        ``L`` for ``mode="none"``; default the reference's max - min.
+    percentile_range : (float, float), default (0.5, 99.5)
+        For ``mode="percentile"``: lower and upper percentile of the reference.
+    intensity_window : (float, float), optional
+        For ``mode="window"``: LEVEL, WIDTH in input units (e.g. Hounsfield units).
+
+    Returns
+    -------
+    Normalized
+
+    Raises
+    ------
+    SettingsError
+        Invalid settings (see :func:`check_normalize_settings`).
+    InputError
+        The reference has no spread for the chosen mode (constant volume).
+    """
+    check_normalize_settings(
+        mode,
+        data_range=data_range,
+        percentile_range=percentile_range,
+        intensity_window=intensity_window,
+    )
+    ref = np.asarray(reference)
+    tst = np.asarray(test)
+    if ref.shape != tst.shape:
+        raise InputError(f"reference shape {ref.shape} and test shape {tst.shape} differ.")
+    if mode == "window":
+        level, width = (float(v) for v in intensity_window)  # type: ignore[union-attr]
+        lo = level - width / 2.0
+        clip = (lo, lo + width)
+        return Normalized(
+            _apply(ref, lo, 1.0 / width, clip), _apply(tst, lo, 1.0 / width, clip),
+            1.0, mode, lo, 1.0 / width, clip,
+        )  # fmt: skip
+
+    rmin, rmax = float(ref.min()), float(ref.max())
+    constant = (
+        f"the reference is constant (every voxel is {rmin:g}), so it has no intensity "
+        "range to normalise by"
+    )
+    if mode == "none":
+        if data_range is None:
+            if rmax <= rmin:
+                raise InputError(
+                    f"{constant} and no data range for SSIM/PSNR. Pass --data-range L "
+                    "(SSIM and PSNR are then defined, NRMSE is not), or check the file."
+                )
+            data_range = rmax - rmin
+        return Normalized(
+            np.asarray(ref, dtype=np.float32), np.asarray(tst, dtype=np.float32),
+            float(data_range), mode,
+        )  # fmt: skip
+    if mode == "minmax":
+        if rmax <= rmin:
+            raise InputError(f"{constant}; use --normalize none --data-range L.")
+        scale = 1.0 / (rmax - rmin)
+        return Normalized(
+            _apply(ref, rmin, scale, None), _apply(tst, rmin, scale, None), 1.0, mode, rmin, scale
+        )
+    if mode == "zscore":
+        mean = float(np.mean(ref, dtype=np.float64))
+        std = float(np.std(ref, dtype=np.float64))
+        if not std > 0:
+            raise InputError(
+                f"{constant} (standard deviation 0); use --normalize none --data-range L."
+            )
+        scale = 1.0 / std
+        return Normalized(
+            _apply(ref, mean, scale, None), _apply(tst, mean, scale, None),
+            (rmax - rmin) * scale, mode, mean, scale,
+        )  # fmt: skip
+    # percentile
+    plo, phi = (float(v) for v in percentile_range)
+    lo, hi = (float(v) for v in percentiles(ref, (plo, phi)))
+    if not hi > lo:
+        raise InputError(
+            f"the reference's {plo:g}th and {phi:g}th percentiles are equal ({lo:g}): more than "
+            f"{phi - plo:g}% of its voxels share one value, so there is no range to scale by. "
+            "Widen --percentiles, or use --normalize none --data-range L."
+        )
+    scale = 1.0 / (hi - lo)
+    return Normalized(
+        _apply(ref, lo, scale, (lo, hi)), _apply(tst, lo, scale, (lo, hi)),
+        1.0, mode, lo, scale, (lo, hi),
+    )  # fmt: skip
