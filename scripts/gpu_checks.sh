@@ -9,7 +9,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 nvidia-smi -L
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_ssim.py} 2>&1 | tail -15
+python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_ssim.py tests/test_losses.py} 2>&1 | tail -15
 python3 scripts/bench_ssim.py --device cuda --size 128 256 --repeat 30 --loss
 VOLQA_COMPILE=1 python3 scripts/bench_ssim.py --device cuda --size 256 --repeat 30 --loss --impls volqa
 python3 scripts/bench_ssim.py --device cuda --size 512 --impls volqa

@@ -43,7 +43,9 @@ REDUCTIONS = ("mean", "none")
 #: than whole-volume passes; the value was tuned on a 2-core machine (scripts/bench_ssim.py).
 CPU_DEFAULT_MAX_MEMORY = 64 * 2**20
 #: CUDA slab budget when ``max_memory`` is not given: this fraction of the free device memory,
-#: at most CUDA_DEFAULT_MAX_MEMORY (enough for few, large kernels; bounded extra memory).
+#: capped at CUDA_DEFAULT_MAX_MEMORY for evaluation (few, large kernels and bounded extra memory:
+#: ~0.3 GiB at 256^3). Under autograd there is no cap: several slabs would mean recomputing each
+#: in backward (checkpointing), which costs more time than training can spare.
 CUDA_FREE_FRACTION = 0.5
 CUDA_DEFAULT_MAX_MEMORY = 512 * 2**20
 
@@ -299,10 +301,11 @@ def _slab_function():
     return _compiled_slab
 
 
-def _default_budget(device: torch.device) -> int:
+def _default_budget(device: torch.device, grad: bool) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return min(int(free * CUDA_FREE_FRACTION), CUDA_DEFAULT_MAX_MEMORY)
+        budget = int(free * CUDA_FREE_FRACTION)
+        return budget if grad else min(budget, CUDA_DEFAULT_MAX_MEMORY)
     return int(os.environ.get("VOLQA_CPU_MAX_MEMORY", CPU_DEFAULT_MAX_MEMORY))
 
 
@@ -431,8 +434,9 @@ def ssim(
         Also return the SSIM map (float32 or float64 like the computation; batched inputs keep
         their (N, C) dims).
     max_memory : int, optional
-        Byte budget of one slab. Default: half the free memory on CUDA, at most 512 MiB; 64 MiB
-        on CPU (tuned for cache reuse; ``VOLQA_CPU_MAX_MEMORY`` overrides it). Slabs along the first spatial axis with a ``win_size - 1`` halo give the
+        Byte budget of one slab. Default on CUDA: half the free memory, at most 512 MiB unless
+        gradients are needed; on CPU 64 MiB (tuned for cache reuse; ``VOLQA_CPU_MAX_MEMORY``
+        overrides it). Slabs along the first spatial axis with a ``win_size - 1`` halo give the
         same map as one pass; one output slice per slab is the smallest unit.
 
     Returns
@@ -606,7 +610,7 @@ def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memo
                 f"(the valid map skips {[(w - 1) // 2 for w in sizes]} voxels at each border)"
             )
     grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
-    budget = max_memory if max_memory is not None else _default_budget(x.device)
+    budget = max_memory if max_memory is not None else _default_budget(x.device, grad)
     slice_numel = x.shape[0] * x.shape[1] * math.prod(x.shape[3:])
     per_out = _slab_bytes(1, 1, slice_numel, x.element_size(), grad)
     halo = _slab_bytes(0, sizes[0], slice_numel, x.element_size(), grad)
