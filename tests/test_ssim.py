@@ -76,6 +76,21 @@ def test_ssim_slices_along_each_axis(axis):
     assert float(volqa.ssim_slices(x, y, axis=axis, data_range=1.0)) == pytest.approx(ref, abs=1e-9)
 
 
+def test_masked_ssim_slices_skips_slices_without_mask_voxels():
+    x, y = pair((6, 20, 22), seed=26)
+    mask = np.zeros(x.shape, bool)
+    mask[1:4, 5:16, 4:18] = True
+    ref = []
+    for i in range(x.shape[0]):
+        _, full = sk_ssim(x[i], y[i], data_range=1.0, full=True)  # skimage defaults, crop 3
+        inner = mask[i, 3:-3, 3:-3]
+        if inner.any():
+            ref.append(full[3:-3, 3:-3][inner].mean())
+    got = volqa.ssim_slices(x, y, axis=0, data_range=1.0, preset="skimage", mask=mask)
+    assert len(ref) == 3
+    assert float(got) == pytest.approx(np.mean(ref), abs=1e-9)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 20, 24, 18), (2, 3, 30, 30)])
 def test_preset_pytorch_msssim_matches_pytorch_msssim(shape):
     pm = pytest.importorskip("pytorch_msssim")

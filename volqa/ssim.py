@@ -361,6 +361,15 @@ def _check_data_range(data_range) -> float:
     return value
 
 
+def _check_call(x: ArrayLike, y: ArrayLike, data_range, reduction: str):
+    """Validate what every public entry point takes; returns tensors and data_range."""
+    L = _check_data_range(data_range)
+    if reduction not in REDUCTIONS:
+        raise SettingsError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    x, y = _check_inputs(_to_tensor(x, "x"), _to_tensor(y, "y"))
+    return x, y, L
+
+
 def _check_mask(mask: ArrayLike, spatial: tuple[int, ...], device) -> torch.Tensor:
     m = _to_tensor(mask, "mask")
     if tuple(m.shape) != spatial:
@@ -469,10 +478,7 @@ def ssim(
     """
     s = resolve_settings(preset, window=window, win_size=win_size, sigma=sigma, k1=k1, k2=k2,
                          covariance=covariance, border=border)
-    L = _check_data_range(data_range)
-    if reduction not in REDUCTIONS:
-        raise SettingsError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
-    x, y = _check_inputs(_to_tensor(x, "x"), _to_tensor(y, "y"))
+    x, y, L = _check_call(x, y, data_range, reduction)
     if s.slices and x.ndim in (3, 5):
         return _slices(x, y, 0, s, L, mask, reduction, return_map, max_memory)
     return _ssim(x, y, s, L, mask, reduction, return_map, max_memory)
@@ -507,10 +513,7 @@ def ssim_slices(
     """
     s = resolve_settings(preset, window=window, win_size=win_size, sigma=sigma, k1=k1, k2=k2,
                          covariance=covariance, border=border)
-    L = _check_data_range(data_range)
-    if reduction not in REDUCTIONS:
-        raise SettingsError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
-    x, y = _check_inputs(_to_tensor(x, "x"), _to_tensor(y, "y"))
+    x, y, L = _check_call(x, y, data_range, reduction)
     if x.ndim not in (3, 5):
         raise InputError(f"ssim_slices needs (D, H, W) or (N, C, D, H, W) volumes, got shape "
                          f"{tuple(x.shape)}")
@@ -524,27 +527,24 @@ def _slices(x, y, axis, s, L, mask, reduction, return_map, max_memory):
     batched = x.ndim == 5
     if not batched:
         x, y = x[None, None], y[None, None]
-    n, c = x.shape[:2]
-    d = 2 + axis
-    # (N, C, D, H, W) -> (N*C*S, 1, A, B) with the slice axis folded into the batch
-    xs = x.movedim(d, 2).reshape(n * c * x.shape[d], 1, *x.movedim(d, 2).shape[3:])
-    ys = y.movedim(d, 2).reshape(xs.shape)
+    n, c, d = x.shape[0], x.shape[1], 2 + axis
+    # (N, C, D, H, W) -> (N*C*S, 1, A, B): the slice axis folded into the batch
+    xs, ys = (t.movedim(d, 2).flatten(0, 2).unsqueeze(1) for t in (x, y))
     s2 = replace(s, slices=False)
-    m2 = None
+    need_map = return_map or mask is not None
+    result = _ssim(xs, ys, s2, L, None, "none", need_map, max_memory)
+    value, smap = result if need_map else (result, None)
+    per_slice = value.reshape(n, c, -1)  # (N, C, S)
     if mask is not None:
-        m = _check_mask(mask, tuple(x.shape[2:]), x.device).movedim(axis, 0)
-        m2 = m
-    value, smap = _ssim(xs, ys, s2, L, None, "none", True, max_memory)
-    value = value.reshape(n, c, -1)
-    if m2 is not None:
-        mm = _crop_mask(m2, s2, smap.shape[-2:], slices=True)
-        counts = mm.flatten(1).sum(1)
-        if not bool((counts > 0).any()):
-            raise InputError("mask has no voxel inside the region the SSIM map covers")
-        sums = (smap.reshape(n, c, -1, *smap.shape[-2:]).double() * mm).flatten(3).sum(3)
+        m = _crop_mask(_check_mask(mask, tuple(x.shape[2:]), x.device).movedim(axis, 0), s2,
+                       smap.shape[-2:], slices=True)  # (S, A', B')
+        counts = m.flatten(1).sum(1)
         keep = counts > 0
-        value = sums[..., keep] / counts[keep]
-    per_nc = value.mean(-1)
+        if not bool(keep.any()):
+            raise InputError("mask has no voxel inside the region the SSIM maps cover")
+        sums = (smap.reshape(n, c, -1, *smap.shape[-2:]) * m).sum((-2, -1), dtype=torch.float64)
+        per_slice = sums[..., keep] / counts[keep]
+    per_nc = per_slice.mean(-1)
     out = per_nc if reduction == "none" else per_nc.mean(1)
     if not batched:
         out = out[0, 0] if reduction == "none" else out[0]
