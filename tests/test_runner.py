@@ -153,7 +153,9 @@ class _FakeOOM:
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
+    """CUDA that is 'available' with 1 GiB free (the OOMs themselves are injected)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 2**31))
 
 
 @pytest.mark.parametrize(
@@ -189,9 +191,13 @@ def test_oom_on_cpu_is_not_retried(pair_files, monkeypatch) -> None:
 
 def test_oom_in_a_batch_records_the_device(tmp_path, monkeypatch, fake_cuda) -> None:
     manifest = make_batch(tmp_path, n=2)
-    monkeypatch.setattr(runner, "_compute_ssim", _FakeOOM(fail=2))
+    fake = _FakeOOM(fail=2)
+    monkeypatch.setattr(runner, "_compute_ssim", fake)
     df = volqa.score_manifest(manifest, device="cuda")
     assert list(df["device"]) == ["cpu", "cuda"]  # only the first row hit the OOMs
+    # no --max-memory: the retry halves the engine's default (half of 1 GiB free = 512 MiB)
+    assert fake.calls[:3] == [("cuda", None), ("cuda", 256 << 20), ("cpu", None)]
+    assert "retried on cuda with half the slab budget" in df.loc[0, "notes"]
     assert list(df["status"]) == ["ok", "ok"]
 
 

@@ -457,20 +457,12 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def _half_budget(device: str, max_memory: int | None) -> int:
-    """Half of the slab budget the engine used (its default: half the free CUDA memory)."""
+    """Half of the slab budget the engine used (its default when none was given)."""
     if max_memory is not None:
         return max(1, max_memory // 2)
-    try:
-        import torch
+    from .ssim import default_max_memory
 
-        from .ssim import CUDA_FREE_FRACTION
-
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return max(1, int(free * CUDA_FREE_FRACTION) // 2)
-    except Exception:  # noqa: BLE001 - no usable CUDA query: fall back to the CPU default
-        from .ssim import CPU_DEFAULT_MAX_MEMORY
-
-        return CPU_DEFAULT_MAX_MEMORY // 2
+    return max(1, default_max_memory(device) // 2)
 
 
 def _ssim_with_fallback(

@@ -301,7 +301,9 @@ def _slab_function():
     return _compiled_slab
 
 
-def _default_budget(device: torch.device, grad: bool) -> int:
+def default_max_memory(device: torch.device | str, *, grad: bool = False) -> int:
+    """The slab budget in bytes that :func:`ssim` uses when ``max_memory`` is not given."""
+    device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = int(free * CUDA_FREE_FRACTION)
@@ -610,7 +612,7 @@ def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memo
                 f"(the valid map skips {[(w - 1) // 2 for w in sizes]} voxels at each border)"
             )
     grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
-    budget = max_memory if max_memory is not None else _default_budget(x.device, grad)
+    budget = max_memory if max_memory is not None else default_max_memory(x.device, grad=grad)
     slice_numel = x.shape[0] * x.shape[1] * math.prod(x.shape[3:])
     per_out = _slab_bytes(1, 1, slice_numel, x.element_size(), grad)
     halo = _slab_bytes(0, sizes[0], slice_numel, x.element_size(), grad)
