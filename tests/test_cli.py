@@ -77,6 +77,10 @@ def test_bundled_manifest_end_to_end(tmp_path: Path) -> None:
         else:
             assert math.isnan(got.ssim_masked)
 
+    # the same volume as NIfTI and as a DICOM series gives the same SSIM
+    by_id = df.set_index("subject_id")
+    assert by_id.loc["phantom-zf4-dicom", "ssim"] == by_id.loc["phantom-zf4", "ssim"]
+
     # the CSV holds the same values as the Parquet file
     text = read_csv(out / "results.csv")
     assert list(text.columns) == expected

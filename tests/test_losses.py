@@ -132,11 +132,11 @@ def test_chunked_loss_and_gradients_equal_unchunked(monkeypatch: pytest.MonkeyPa
         return original(*args, **kwargs)
 
     monkeypatch.setattr(SSIM_MODULE, "checkpoint", counting_checkpoint)
-    chunked = SSIMLoss(3, data_range=1.0, max_memory=1)(x, y)  # 1 byte: one slice per slab
+    chunked = SSIMLoss(3, data_range=1.0, max_memory=1)(x, y)  # 1 byte: one voxel row a tile
     g_chunked = torch.autograd.grad(chunked, (x, y))
 
-    map_depth = x.shape[2] - 11 + 1
-    assert len(slabs) == map_depth  # really chunked, one output slice per slab
+    map_depth, map_height = x.shape[2] - 11 + 1, x.shape[3] - 11 + 1
+    assert len(slabs) == map_depth * map_height  # really chunked: one tile per output row
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
     for a, b in zip(g_chunked, g_whole):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)

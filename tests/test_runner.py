@@ -76,6 +76,33 @@ def test_volume_objects_and_ssim_2d_and_presets(pair_files) -> None:
                                                    preset="fastmri"))
 
 
+@pytest.mark.parametrize(
+    ("name", "transform"),
+    [
+        ("flip i", lambda a: a[::-1]),
+        ("flip j and k", lambda a: a[:, ::-1, ::-1]),
+        ("permute i/k", lambda a: a.transpose(2, 1, 0)),
+        ("permute and flip", lambda a: a.transpose(1, 2, 0)[::-1]),
+    ],
+)
+def test_flipped_or_permuted_copy_is_reoriented_and_scores_one(tmp_path, name, transform):
+    """The same voxels stored in another axis order/direction: reoriented, SSIM exactly 1."""
+    ref = phantom(3)
+    copy = np.ascontiguousarray(transform(ref))
+    # the copy's affine puts each of its voxels where that voxel was in the source:
+    # solve affine @ [v, 1] = AFFINE @ [source index of v, 1] over all voxels v
+    source_index = np.stack([transform(i) for i in np.indices(ref.shape)], -1).reshape(-1, 3)
+    world = np.c_[source_index, np.ones(len(source_index))] @ AFFINE.T
+    vox = np.indices(copy.shape).reshape(3, -1).T
+    affine, *_ = np.linalg.lstsq(np.c_[vox, np.ones(len(vox))], world, rcond=None)
+    nib.save(nib.Nifti1Image(ref, AFFINE), tmp_path / "src.nii.gz")
+    nib.save(nib.Nifti1Image(copy, affine.T), tmp_path / "copy.nii.gz")
+    row = volqa.score_pair(tmp_path / "src.nii.gz", tmp_path / "copy.nii.gz")
+    assert row["ssim"] == pytest.approx(1.0, abs=1e-12), name
+    assert row["reoriented"] and row["reoriented"].startswith("test "), row["reoriented"]
+    assert row["resampled"] is False
+
+
 def test_same_file_scores_one(pair_files) -> None:
     ref_p, _, _ = pair_files
     row = volqa.score_pair(ref_p, ref_p)

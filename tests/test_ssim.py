@@ -214,6 +214,21 @@ def test_masked_mean_equals_mean_of_skimage_map_over_cropped_mask(preset, crop):
     assert float(got) == pytest.approx(ref, abs=1e-9)
 
 
+def test_tiles_along_two_axes_when_slabs_would_be_thin():
+    from volqa.ssim import MIN_SLAB_SLICES, _plan_tiles
+
+    shape, sizes = (1, 1, 64, 300, 300), (11, 11, 11)
+    map_shape = (54, 290, 290)
+    s0, s1 = _plan_tiles(shape, sizes, map_shape, 4, 16 << 20)
+    assert s0 == MIN_SLAB_SLICES and 1 < s1 < 290  # tiled along the second axis too
+    assert _plan_tiles(shape, sizes, map_shape, 4, 1 << 30) == (54, 290)  # one tile
+    assert _plan_tiles(shape, sizes, map_shape, 4, 1) == (1, 1)  # smallest: one voxel row
+    x, y = pair((20, 40, 16), seed=28)
+    a, ma = volqa.ssim(x, y, data_range=1.0, return_map=True)
+    b, mb = volqa.ssim(x, y, data_range=1.0, return_map=True, max_memory=60_000)
+    assert torch.equal(ma, mb) and abs(float(a) - float(b)) < 1e-12
+
+
 def test_masked_mean_works_with_chunking():
     x, y = pair((20, 16, 16), seed=14)
     mask = np.zeros(x.shape, bool)
@@ -261,6 +276,13 @@ def test_batch_gives_one_value_per_item_and_none_per_channel():
         assert float(per_item[n]) == pytest.approx(float(per_channel[n].mean()), abs=1e-12)
 
 
+def test_big_endian_and_integer_arrays_are_accepted():
+    x, y = pair((14, 14, 14), seed=27)
+    xi, yi = (np.round(a * 1000).astype(">i2") for a in (x, y))  # big-endian int16
+    ref = sk_ssim(xi.astype(np.float64), yi.astype(np.float64), data_range=1000.0, **SK_GAUSS)
+    assert float(volqa.ssim(xi, yi, data_range=1000.0)) == pytest.approx(ref, abs=1e-5)
+
+
 def test_float16_is_computed_in_float32():
     x, y = pair((14, 14, 14), seed=19)
     got = volqa.ssim(torch.from_numpy(x).half(), torch.from_numpy(y).half(), data_range=1.0)
@@ -277,7 +299,7 @@ def test_valid_map_shape_and_centre_convention():
     np.testing.assert_allclose(smap.numpy(), full[5:-5, 5:-5, 5:-5], atol=1e-12)
 
 
-@pytest.mark.parametrize("max_memory", [None, 1])
+@pytest.mark.parametrize("max_memory", [None, 100_000])  # 100 kB: 3 tiles, checkpointed
 def test_gradcheck_float64(max_memory):
     x, y = pair((9, 10, 11), seed=21)
     X = torch.from_numpy(x).requires_grad_()

@@ -122,8 +122,8 @@ def score(
     device: Annotated[Device, typer.Option(
         help="Where SSIM runs; auto = CUDA when available.")] = Device.auto,
     max_memory: Annotated[str | None, typer.Option(
-        metavar="SIZE", help="Memory budget of one SSIM slab, e.g. 512M or 2G (default: half "
-        "the free GPU memory; 64M on CPU).", show_default=False)] = None,
+        metavar="SIZE", help="Memory budget of one SSIM tile, e.g. 512M or 2G (default: half "
+        "the free GPU memory, at most 512M; 32M on CPU).", show_default=False)] = None,
     resample: Annotated[bool, typer.Option(
         "--resample", help="Resample a test/mask on another grid onto the reference grid "
         "(linear; nearest for masks) instead of failing the row.")] = False,

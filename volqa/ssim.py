@@ -9,9 +9,10 @@ kernel). Each 1-D pass is a sum of shifted slices, written as an autograd functi
 backward is the same filter with the taps reversed, so gradients cost one more pass and keep
 no intermediate tensors.
 
-Volumes are processed in slabs along the first spatial axis, each slab read with a halo of
-``win_size - 1`` input slices, so every map voxel is computed from exactly the data (and with
-exactly the arithmetic) of an unchunked run. Image means are accumulated in float64.
+Volumes are processed in tiles that fit a memory budget: slabs along the first spatial axis,
+cut along the second axis too when slices are large, each read with a halo of ``win_size - 1``
+voxels, so every map voxel is computed from exactly the data (and with exactly the arithmetic)
+of an unchunked run. Image means are accumulated in float64.
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ COVARIANCES = ("population", "sample")
 BORDERS = ("valid", "same-zero", "reflect")
 REDUCTIONS = ("mean", "none")
 
-#: CPU slab budget when ``max_memory`` is not given. Small slabs stay in cache and are faster
-#: than whole-volume passes; the value was tuned on a 2-core machine (scripts/bench_ssim.py).
-CPU_DEFAULT_MAX_MEMORY = 64 * 2**20
-#: CUDA slab budget when ``max_memory`` is not given: this fraction of the free device memory,
+#: CPU tile budget when ``max_memory`` is not given. Small tiles stay in cache and are faster
+#: than whole-volume passes (256^3: 0.26 s at 32 MiB, 0.37 s at 64 MiB, ~2 s at 1 GiB on a
+#: 2-core machine, scripts/bench_ssim.py).
+CPU_DEFAULT_MAX_MEMORY = 32 * 2**20
+#: CUDA tile budget when ``max_memory`` is not given: this fraction of the free device memory,
 #: capped at CUDA_DEFAULT_MAX_MEMORY for evaluation (few, large kernels and bounded extra memory:
-#: ~0.3 GiB at 256^3). Under autograd there is no cap: several slabs would mean recomputing each
+#: ~0.3 GiB at 256^3). Under autograd there is no cap: several tiles would mean recomputing each
 #: in backward (checkpointing), which costs more time than training can spare.
 CUDA_FREE_FRACTION = 0.5
 CUDA_DEFAULT_MAX_MEMORY = 512 * 2**20
@@ -226,10 +228,10 @@ class _Filter1d(torch.autograd.Function):
 
 def _filter(t: torch.Tensor, taps: Sequence[tuple], first_dim: int) -> torch.Tensor:
     """Apply one 1-D valid filter per spatial axis (axes ``first_dim``, ``first_dim+1``, ...)."""
-    grad = torch.is_grad_enabled() and t.requires_grad
+    apply = _Filter1d.apply if torch.is_grad_enabled() and t.requires_grad else _shifted_sum
     for i, tp in enumerate(taps):
         if len(tp) > 1:
-            t = _Filter1d.apply(t, tp, first_dim + i) if grad else _shifted_sum(t, tp, first_dim + i)
+            t = apply(t, tp, first_dim + i)
     return t
 
 
@@ -279,11 +281,37 @@ def _is_compiling() -> bool:
     return bool(compiler is not None and getattr(compiler, "is_compiling", lambda: False)())
 
 
-def _slab_bytes(out_slices: int, win0: int, slice_numel: int, itemsize: int, grad: bool) -> int:
-    """Approximate peak bytes of one slab: 5 statistics over the input slices (halo included),
-    filtered copies and the map over the output slices; doubled when autograd keeps tensors."""
-    live = 5 * (out_slices + win0 - 1) + 18 * out_slices
-    return live * slice_numel * itemsize * (2 if grad else 1)
+#: Fewest output slices per slab before volumes are also tiled along their second spatial axis
+#: (large slices: a slab of a few slices with its halo would not stay in cache).
+MIN_SLAB_SLICES = 8
+
+
+def _tile_bytes(s0: int, s1: int, sizes: Sequence[int], shape: tuple[int, ...], item: int) -> int:
+    """Approximate peak bytes of one tile of s0 x s1 output rows: the 5 statistics over its
+    input (halo included) and the filtered copies and map terms over its output."""
+    rest = shape[0] * shape[1] * math.prod(shape[4:]) * item  # batch and axes after the 2nd
+    return rest * (5 * (s0 + sizes[0] - 1) * (s1 + sizes[1] - 1) + 18 * s0 * s1)
+
+
+def _plan_tiles(shape, sizes, map_shape, item: int, budget: int) -> tuple[int, int]:
+    """Output rows per tile along the first two spatial axes so one tile fits ``budget``.
+
+    Whole slabs along the first axis while they hold at least MIN_SLAB_SLICES slices; else that
+    many slices, tiled along the second axis too. One output voxel row is the smallest tile.
+    """
+    m0, m1 = map_shape[0], map_shape[1]
+    per0 = _tile_bytes(1, m1, sizes, shape, item) - _tile_bytes(0, m1, sizes, shape, item)
+    s0 = max(1, min(m0, (budget - _tile_bytes(0, m1, sizes, shape, item)) // per0))
+    if s0 >= min(m0, MIN_SLAB_SLICES):
+        return s0, m1
+    s0 = min(m0, MIN_SLAB_SLICES)
+    per1 = _tile_bytes(s0, 1, sizes, shape, item) - _tile_bytes(s0, 0, sizes, shape, item)
+    s1 = max(1, min(m1, (budget - _tile_bytes(s0, 0, sizes, shape, item)) // per1))
+    if _tile_bytes(s0, s1, sizes, shape, item) > budget:  # not even one row of 8 slices fits
+        s0 = max(1, min(m0, (budget - _tile_bytes(0, 1, sizes, shape, item))
+                        // (_tile_bytes(1, 1, sizes, shape, item)
+                            - _tile_bytes(0, 1, sizes, shape, item))))
+    return s0, s1
 
 
 _compiled_slab = None
@@ -302,7 +330,7 @@ def _slab_function():
 
 
 def default_max_memory(device: torch.device | str, *, grad: bool = False) -> int:
-    """The slab budget in bytes that :func:`ssim` uses when ``max_memory`` is not given."""
+    """The tile budget in bytes that :func:`ssim` uses when ``max_memory`` is not given."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -316,6 +344,8 @@ def default_max_memory(device: torch.device | str, *, grad: bool = False) -> int
 
 def _to_tensor(a: ArrayLike, name: str) -> torch.Tensor:
     if isinstance(a, np.ndarray):
+        if not a.dtype.isnative:  # e.g. big-endian data straight from a file
+            a = a.astype(a.dtype.newbyteorder("="))
         a = torch.from_numpy(np.ascontiguousarray(a))
     elif not isinstance(a, torch.Tensor):
         raise SettingsError(f"{name} must be a numpy array or torch tensor, got {type(a).__name__}")
@@ -445,10 +475,12 @@ def ssim(
         Also return the SSIM map (float32 or float64 like the computation; batched inputs keep
         their (N, C) dims).
     max_memory : int, optional
-        Byte budget of one slab. Default on CUDA: half the free memory, at most 512 MiB unless
-        gradients are needed; on CPU 64 MiB (tuned for cache reuse; ``VOLQA_CPU_MAX_MEMORY``
-        overrides it). Slabs along the first spatial axis with a ``win_size - 1`` halo give the
-        same map as one pass; one output slice per slab is the smallest unit.
+        Byte budget of one tile. Default on CUDA: half the free memory, at most 512 MiB unless
+        gradients are needed; on CPU 32 MiB (tuned for cache reuse; ``VOLQA_CPU_MAX_MEMORY``
+        overrides it). Volumes are cut into slabs along the first spatial axis and, when a slab
+        of 8 slices would not fit, into tiles along the second axis too, each read with a
+        ``win_size - 1`` halo: the map is identical to one pass. One output row is the smallest
+        tile, so a budget below that is exceeded rather than refused.
 
     Returns
     -------
@@ -469,8 +501,8 @@ def ssim(
     -----
     Local variances are E[(x-c)²] - (μx-c)² with c the image mean (exact, less rounding) and are
     clamped at zero. The filters are sums of shifted slices, not convolutions, so TF32 never
-    applies on GPU. Gradients flow to both inputs; when a volume needs several slabs under
-    autograd, each slab is recomputed in backward (activation checkpointing) so memory stays
+    applies on GPU. Gradients flow to both inputs; when a volume needs several tiles under
+    autograd, each tile is recomputed in backward (activation checkpointing) so memory stays
     bounded.
 
     Settings that reproduce published tools with the same ``data_range`` (:data:`PRESET_NOTES`):
@@ -613,33 +645,37 @@ def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memo
             )
     grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     budget = max_memory if max_memory is not None else default_max_memory(x.device, grad=grad)
-    slice_numel = x.shape[0] * x.shape[1] * math.prod(x.shape[3:])
-    per_out = _slab_bytes(1, 1, slice_numel, x.element_size(), grad)
-    halo = _slab_bytes(0, sizes[0], slice_numel, x.element_size(), grad)
-    step = max(1, min(map_shape[0], (budget - halo) // per_out))
+    step0, step1 = _plan_tiles(tuple(x.shape), sizes, map_shape, x.element_size() * (1 + grad),
+                               budget)
 
     slab = _slab_function()
-    # one accumulator, added to in place: a list of per-slab sums would scatter small
-    # long-lived allocations between the slabs' large temporaries and fragment the heap
+    # one accumulator, added to in place: a list of per-tile sums would scatter small
+    # long-lived allocations between the tiles' large temporaries and fragment the heap
     total = torch.zeros(x.shape[:2], dtype=torch.float64, device=x.device)
-    maps = []
-    for o0 in range(0, map_shape[0], step):
-        o1 = min(o0 + step, map_shape[0])
-        xs = x.narrow(2, o0, o1 - o0 + sizes[0] - 1)
-        ys = y.narrow(2, o0, o1 - o0 + sizes[0] - 1)
-        args = (xs, ys, centre, taps, c1, c2, cov_norm)
-        if grad and step < map_shape[0]:
-            smap = checkpoint(_ssim_slab, *args, use_reentrant=False)
-        else:
-            smap = slab(*args)
-        total += (smap * m[o0:o1] if m is not None else smap).sum(dims, dtype=torch.float64)
+    rows = []
+    for o0 in range(0, map_shape[0], step0):
+        o1 = min(o0 + step0, map_shape[0])
+        tiles = []
+        for h0 in range(0, map_shape[1], step1):
+            h1 = min(h0 + step1, map_shape[1])
+            xs, ys = (t.narrow(2, o0, o1 - o0 + sizes[0] - 1).narrow(3, h0, h1 - h0 + sizes[1] - 1)
+                      for t in (x, y))
+            args = (xs, ys, centre, taps, c1, c2, cov_norm)
+            if grad and (step0, step1) != map_shape[:2]:
+                smap = checkpoint(_ssim_slab, *args, use_reentrant=False)
+            else:
+                smap = slab(*args)
+            inside = smap * m[o0:o1, h0:h1] if m is not None else smap
+            total += inside.sum(dims, dtype=torch.float64)
+            if return_map:
+                tiles.append(smap)
         if return_map:
-            maps.append(smap)
+            rows.append(torch.cat(tiles, 3) if len(tiles) > 1 else tiles[0])
     per_nc = total / (count if m is not None else math.prod(map_shape))
     value = per_nc if reduction == "none" else per_nc.mean(1)
     if not batched:
         value = value[0, 0] if reduction == "none" else value[0]
     if not return_map:
         return value
-    full = torch.cat(maps, 2) if len(maps) > 1 else maps[0]
+    full = torch.cat(rows, 2) if len(rows) > 1 else rows[0]
     return value, (full if batched else full[0, 0])
