@@ -25,6 +25,7 @@ import contextlib
 import gzip
 import os
 import secrets
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -538,10 +539,26 @@ def _itk_message(error: RuntimeError) -> str:
 
 @contextlib.contextmanager
 def _itk_quiet() -> Iterator[None]:
-    """Silence ITK warnings on stderr (findings are reported as notes or errors instead)."""
-    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    """Silence ITK warnings on stderr (findings are reported as notes or errors instead).
+
+    ITK's switch is global and volumes are read from several threads: the first reader in
+    turns it off, the last one out restores it.
+    """
+    global _quiet_depth, _quiet_saved
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved = sitk.ProcessObject.GetGlobalWarningDisplay()
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        _quiet_depth += 1
     try:
         yield
     finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                sitk.ProcessObject.SetGlobalWarningDisplay(_quiet_saved)
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved = True

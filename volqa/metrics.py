@@ -204,18 +204,18 @@ def binarize_mask(array: np.ndarray, *, source: str = "mask") -> tuple[np.ndarra
     a = np.asarray(array)
     if np.issubdtype(a.dtype, np.floating):
         if not np.isfinite(a).all():
-            raise InputError(f"mask {source}: contains NaN or Inf values.")
+            raise InputError(f"mask {source!r}: contains NaN or Inf values.")
         frac = a != np.round(a)
         if frac.any():
             example = float(a[frac].flat[0])
             raise InputError(
-                f"mask {source}: {int(frac.sum())} voxel(s) have fractional values (e.g. "
+                f"mask {source!r}: {int(frac.sum())} voxel(s) have fractional values (e.g. "
                 f"{example:g}); volqa needs a binary or label mask (inside = non-zero). "
                 "Threshold it first (e.g. value >= 0.5) and save it as integers."
             )
     inside = a != 0
     if not inside.any():
-        raise InputError(f"mask {source}: no voxel is non-zero (empty mask); nothing to score.")
+        raise InputError(f"mask {source!r}: no voxel is non-zero (empty mask); nothing to score.")
     note = ""
     labels = np.unique(a[inside])
     if labels.size > 1 or float(labels[0]) != 1.0:
