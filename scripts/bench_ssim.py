@@ -11,7 +11,8 @@ installed runs; on CPU each runs in its own subprocess so its peak extra RSS is 
     python scripts/bench_ssim.py --device cuda --loss # GPU, with loss forward+backward
 
 Columns: seconds (median of --repeat runs after one warm-up, stopping once 20 s are spent),
-peak extra memory over the inputs (CPU: VmHWM after resetting it; CUDA: max_memory_allocated), the value, and time / volqa's time.
+peak extra memory over the inputs (CPU: VmHWM after resetting it; CUDA: max_memory_allocated),
+the value, and time / volqa's time.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def measure(name: str, n: int, device: str, repeat: int, loss: bool,
             pass
         base = _rss("VmRSS")
     times, value = [], None
-    for i in range(repeat):
+    for _ in range(repeat):
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()

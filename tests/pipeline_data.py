@@ -76,3 +76,19 @@ def sha256_tree(root: Path) -> dict[str, str]:
         if p.is_file():
             out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def rotation(degrees: tuple[float, float, float]) -> np.ndarray:
+    """Rotation matrix about x, then y, then z."""
+    ax, ay, az = np.deg2rad(degrees)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def make_affine(matrix, spacing=(0.8, 0.9, 1.5), origin=(-20.0, 15.5, 30.25)) -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(matrix, dtype=float) * spacing
+    affine[:3, 3] = origin
+    return affine

@@ -13,6 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pipeline_data import make_affine, rotation
 from pydicom.data import get_testdata_file
 
 import volqa.io
@@ -25,22 +26,6 @@ FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 UID_A = "1.2.826.0.1.3680043.9.7777.1.1"
 UID_B = "1.2.826.0.1.3680043.9.7777.1.2"
 DICOMDIR_TESTS = Path(get_testdata_file("DICOMDIR")).parent  # pydicom's bundled series
-
-
-def rotation(degrees: tuple[float, float, float]) -> np.ndarray:
-    """Rotation matrix about x, then y, then z."""
-    ax, ay, az = np.deg2rad(degrees)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def make_affine(matrix: np.ndarray, spacing=(0.8, 0.9, 1.5), origin=(-20.0, 15.5, 30.25)):
-    affine = np.eye(4)
-    affine[:3, :3] = np.asarray(matrix, dtype=float) * spacing
-    affine[:3, 3] = origin
-    return affine
 
 
 OBLIQUE = make_affine(rotation((10, 20, 30)))
