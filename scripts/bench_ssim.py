@@ -101,7 +101,7 @@ def loss_fn(name: str):
         a = x[None, None].clone().requires_grad_()
         value = loss(a, y[None, None])
         value.backward()
-        return float(value)
+        return float(value.detach())
 
     return run
 
