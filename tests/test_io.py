@@ -451,3 +451,16 @@ def test_unreadable_file_simulated(tmp_path, monkeypatch):
     monkeypatch.setattr(volqa.io, "open", refuse, raising=False)
     with pytest.raises(InputError, match=re.escape(str(path)) + r".*permission denied"):
         read_volume(path)
+
+
+@pytest.mark.parametrize("which", [0, -1])  # first and last file by name: stack ends included
+def test_dicom_file_dropped_by_gdcm_is_noted(tmp_path, which):
+    import shutil
+
+    folder = tmp_path / "series"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data/example/phantom_gt_dicom", folder)
+    victim = sorted(folder.iterdir())[which]
+    victim.write_bytes(victim.read_bytes()[:400])  # truncated: header only
+    volume = read_volume(folder)
+    assert volume.shape[2] == 47
+    assert any("1 DICOM file(s) in the folder are not part of series" in n for n in volume.notes)

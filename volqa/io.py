@@ -416,7 +416,22 @@ def _read_dicom_folder(folder: Path, series_uid: str | None, source: str) -> Vol
     positions = _slice_tags(reader, len(files), "0020|0032")
     normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
     notes = _slice_notes(positions @ normal, image.GetSpacing()[2]) if positions is not None else ()
+    if len(uids) == 1:
+        left_out = _count_dicom_files(folder) - len(files)
+        if left_out > 0:  # GDCM drops files it cannot parse, at either end of the stack too
+            notes = (*notes, f"{left_out} DICOM file(s) in the folder are not part of series "
+                             f"{uid} (damaged or truncated?); the volume has {len(files)} slices")
     return volume_from_sitk(image, source, notes)
+
+
+def _count_dicom_files(folder: Path) -> int:
+    """Files in ``folder`` that carry the DICOM preamble ('DICM' at byte 128)."""
+    count = 0
+    for entry in os.scandir(folder):
+        if entry.is_file():
+            with contextlib.suppress(OSError), open(entry.path, "rb") as fh:
+                count += fh.read(132)[128:132] == b"DICM"
+    return count
 
 
 def _describe_series(folder: Path, uids: Sequence[str]) -> str:
