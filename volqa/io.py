@@ -330,6 +330,9 @@ def _read_nifti(path: Path, source: str) -> Volume:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
+            if raw[344:347] in (b"n+1", b"ni1", b"n+2", b"ni2") or raw[4:8] == b"n+2\0":
+                raise _fail(source, "not gzip-compressed although named .nii.gz: it is a plain "
+                                    "NIfTI file", "rename it to .nii") from None
             raise _fail(source, f"corrupt gzip stream ({e})",
                         "the file is damaged or incomplete: re-create or re-copy it") from None
     image = _parse_nifti(raw, source)
