@@ -219,3 +219,11 @@ def test_help_lists_score_and_options() -> None:
     for flag in ("--normalize", "--resume", "--overwrite", "--fail-fast", "--save-maps",
                  "--ssim-2d", "--device", "--max-memory", "--workers", "--preset"):
         assert flag in result.stdout
+
+
+def test_unusable_out_folder_is_a_usage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run(BUNDLED, "--out", blocker / "out")
+    assert result.exit_code == 2
+    assert "cannot create output folder" in result.stderr and "Traceback" not in result.stderr

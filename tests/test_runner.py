@@ -267,3 +267,8 @@ def test_save_maps_in_reference_geometry(tmp_path) -> None:
     n = normalize_pair(ref.array, test.array)
     _, smap = volqa.ssim(n.reference, n.test, data_range=1.0, win_size=7, return_map=True)
     np.testing.assert_array_equal(interior, smap.numpy())
+
+
+def test_array_instead_of_path_is_a_settings_error(pair_files) -> None:
+    with pytest.raises(SettingsError, match="reference must be a path or a volqa.io.Volume"):
+        volqa.score_pair(np.zeros((20, 18, 16)), pair_files[1])

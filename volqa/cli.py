@@ -171,7 +171,7 @@ def score(
         ("--ssim-2d", ssim_2d, None), ("--device", device.value, "auto"),
         ("--max-memory", max_memory, None), ("--resample", resample, False),
         ("--save-maps", save_maps, False), ("--workers", workers, 2),
-        ("--fail-fast", fail_fast, False), ("--strict", strict, False),
+        ("--strict", strict, False),  # not --fail-fast: the failed row would stop it again
     ])  # fmt: skip
     try:
         frame = score_manifest(manifest, **options)  # type: ignore[arg-type]

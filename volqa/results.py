@@ -228,7 +228,11 @@ def prepare_out_dir(out: str | os.PathLike[str], *, resume: bool, overwrite: boo
         if overwrite:
             for name in (JOURNAL_NAME, CSV_NAME, PARQUET_NAME):
                 (path / name).unlink(missing_ok=True)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SettingsError(f"cannot create output folder {str(path)!r}: {e.strerror or e}; "
+                            "choose another --out") from None
     return path
 
 

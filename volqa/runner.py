@@ -321,7 +321,8 @@ def _prepare(
     """
     t0 = time.perf_counter()
     files = {
-        role: (v.source if hasattr(v, "source") else os.fspath(v))
+        role: (v.source if hasattr(v, "source") else
+               os.fspath(v) if isinstance(v, str | os.PathLike) else f"<{type(v).__name__}>")
         for role, v in (("reference", reference), ("test", test), ("mask", mask))
         if v is not None
     }
