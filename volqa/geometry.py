@@ -170,7 +170,7 @@ def _resample_onto(reference: Volume, volume: Volume, role: str) -> Volume:
     resampler.SetUseNearestNeighborExtrapolator(not nearest)
     image = resampler.Execute(volume_to_sitk(volume))
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-    note = (f"{role} resampled onto the reference grid "
+    note = ("resampled onto the reference grid "
             f"({'nearest neighbour' if nearest else 'linear'} interpolation)")
     return Volume(np.ascontiguousarray(array), reference.affine.copy(), volume.source,
                   (*volume.notes, note))

@@ -122,11 +122,6 @@ class Manifest:
         """True when the manifest has a ``mask`` column (cells may still be empty)."""
         return "mask" in self.columns
 
-    @property
-    def passthrough_columns(self) -> tuple[str, ...]:
-        """The manifest's own columns, in file order (all of them, paths included)."""
-        return self.columns
-
     def __len__(self) -> int:
         return len(self.rows)
 
