@@ -190,8 +190,9 @@ def report(title: str, rows: list[dict]) -> None:
 
 def check_512(device: str, budget: int | None) -> None:
     """512^3 under a byte budget, and chunked == unchunked on a 512x512x40 crop."""
-    import volqa
     from volqa.ssim import default_max_memory
+
+    import volqa
 
     row = run_isolated("volqa", 512, device, 1, False, budget) if device == "cpu" else \
         measure("volqa", 512, device, 1, False, budget)

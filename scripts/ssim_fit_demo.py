@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fit uniform noise to a target by maximising SSIM and save the steps as an animated GIF.
 
-The same command as ``volqa demo fit`` (volqa/demo.py); run ``--help`` for the options::
+The same command as ``volqa demo fit`` (volqa/cli/demo.py); run ``--help`` for the options::
 
     python scripts/ssim_fit_demo.py --out docs/fit_demo_2d.gif
     python scripts/ssim_fit_demo.py --dims 3 --every 10 --out docs/fit_demo_3d.gif
@@ -17,7 +17,7 @@ import typer
 # Importable from a source checkout that was not pip-installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from volqa.demo import fit_command  # noqa: E402
+from volqa.cli.demo import fit_command  # noqa: E402
 
 
 def main() -> None:

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from pipeline_data import make_batch, phantom, write_manifest, write_nii
 from typer.testing import CliRunner
 
 import volqa
-from pipeline_data import make_batch, phantom, write_manifest, write_nii
 from volqa.cli import app
 from volqa.io import read_volume
-from volqa.normalize import normalize_pair
+from volqa.pipeline.normalize import normalize_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "data_manifest.csv"

@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 
 import volqa
 from volqa import InputError, SettingsError
+from volqa.cli.demo import demo_app
 from volqa.demo import (
     DEFAULT_TARGET,
     FINAL_HOLD_MS,
     LABEL_HEIGHT,
-    demo_app,
     fit,
     frame_label,
     load_target,
@@ -121,14 +121,34 @@ def test_zero_steps_gives_one_frame() -> None:
     assert res.steps == 0 and len(res.frames) == 1 and len(res.history) == 1
 
 
-def test_3d_frame_shows_three_panels() -> None:
+def _panel_rows(frame: Image.Image) -> list[np.ndarray]:
+    """The pixel blocks of each row of panels: the runs of pixel rows that cross a separator
+    (separators are 4 columns of gray 96; the caption strips between rows are not)."""
+    a = np.asarray(frame)[LABEL_HEIGHT:]
+    crossing = np.flatnonzero((a == 96).sum(axis=1) >= 4)
+    runs = np.split(crossing, np.flatnonzero(np.diff(crossing) > 1) + 1)
+    return [a[r[0]:r[-1] + 1] for r in runs if r.size]
+
+
+def test_3d_frame_shows_the_fit_above_the_target_in_three_planes() -> None:
     vol = np.zeros((20, 30, 40), np.float32)
     panels = orthogonal_slices(vol)
     assert [p.shape for p in panels] == [(30, 20), (40, 20), (40, 30)]
-    res = fit(blob((12, 12, 12)), dims=3, max_steps=0)
-    strip = np.asarray(res.frames[0])[LABEL_HEIGHT:]
-    gaps = np.flatnonzero((strip == 96).all(axis=0))  # two 4-pixel separators
-    assert len(gaps) == 8
+    target = blob((12, 12, 12))
+    res = fit(target, dims=3, max_steps=0)
+    rows = _panel_rows(res.frames[0])
+    assert len(rows) == 2  # the fit, then the target
+    for block in rows:  # three panels per row: two 4-pixel separators
+        assert len(np.flatnonzero((block == 96).all(axis=0))) == 8
+    assert not np.array_equal(rows[0], rows[1])  # noise above, the target below
+    again = fit(target, dims=3, max_steps=0, seed=1)
+    assert np.array_equal(_panel_rows(again.frames[0])[1], rows[1])  # the target row is fixed
+
+
+def test_2d_frame_shows_fit_beside_target() -> None:
+    res = fit(blob(SMALL[2]), dims=2, max_steps=0)
+    (block,) = _panel_rows(res.frames[0])
+    assert len(np.flatnonzero((block == 96).all(axis=0))) == 4  # one separator: two panels
 
 
 def test_orthogonal_slices_orientation() -> None:
@@ -324,11 +344,17 @@ def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
     assert runner.invoke(demo_app, ["fit", "--every", "0"]).exit_code == 2
 
 
-def test_cli_unwritable_output_exits_2(png: Path, tmp_path: Path) -> None:
-    out = tmp_path / "no" / "such" / "dir.gif"
+@pytest.mark.parametrize(("name", "match"), [
+    ("no/such/dir.gif", "is not a folder"),
+    ("frames.png", "ending in .gif"),
+])
+def test_cli_bad_output_is_refused_before_the_fit(png: Path, tmp_path: Path, name, match) -> None:
+    out = tmp_path / name
     result = CliRunner().invoke(demo_app, ["fit", "--target", str(png), "--out", str(out),
-                                           "--max-steps", "1"])
-    assert result.exit_code == 2 and "error:" in result.stderr
+                                           "--max-steps", "500", "--threshold", "1.0"])
+    assert result.exit_code == 2 and match in result.stderr
+    assert "Traceback" not in result.output and "fit" not in result.stdout
+    assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
 
 
 def test_demo_app_mounts_as_volqa_demo_fit(png: Path, tmp_path: Path) -> None:

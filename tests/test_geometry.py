@@ -1,4 +1,4 @@
-"""Tests of volqa.geometry.align_to_reference: tolerances, reorientation, resampling."""
+"""Tests of volqa.pipeline.geometry.align_to_reference: tolerances, reorientation, resampling."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from pipeline_data import make_affine, rotation
 
 from volqa.errors import GeometryError
-from volqa.geometry import Alignment, align_to_reference
 from volqa.io import Volume
+from volqa.pipeline.geometry import Alignment, align_to_reference
 
 SHAPE = (10, 9, 8)
 

@@ -17,6 +17,7 @@ from pipeline_data import make_affine, rotation
 from pydicom.data import get_testdata_file
 
 import volqa.io
+import volqa.io.readers
 from volqa.errors import InputError, SettingsError
 from volqa.io import Volume, read_volume, volume_from_sitk, volume_to_sitk, write_nifti
 
@@ -448,7 +449,7 @@ def test_unreadable_file_simulated(tmp_path, monkeypatch):
     def refuse(file, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(file))
 
-    monkeypatch.setattr(volqa.io, "open", refuse, raising=False)
+    monkeypatch.setattr(volqa.io.readers, "open", refuse, raising=False)
     with pytest.raises(InputError, match=re.escape(str(path)) + r".*permission denied"):
         read_volume(path)
 

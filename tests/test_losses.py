@@ -12,7 +12,7 @@ from torch import nn
 import volqa
 from volqa import SettingsError, SSIMLoss
 
-SSIM_MODULE = importlib.import_module("volqa.ssim")  # the module (``volqa.ssim`` is the function)
+SSIM_MODULE = importlib.import_module("volqa.engine.structural")
 
 SHAPES = {2: (3, 2, 24, 20), 3: (2, 2, 14, 16, 15)}
 

@@ -1,4 +1,4 @@
-"""Manifest reading and validation (volqa.manifest)."""
+"""Manifest reading and validation (volqa.io.manifest)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from volqa.errors import ManifestError
-from volqa.manifest import missing_files, read_manifest, split_series
+from volqa.io.manifest import missing_files, read_manifest
+from volqa.io.paths import split_series
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:

@@ -1,4 +1,4 @@
-"""Voxel-wise metrics and masks (volqa.metrics), checked against scikit-image."""
+"""Voxel-wise metrics and masks, checked against scikit-image."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 from skimage.metrics import mean_squared_error, normalized_root_mse, peak_signal_noise_ratio
 
 import volqa
-import volqa.metrics as metrics_mod
+import volqa.engine.voxelwise as metrics_mod
+from volqa.engine.voxelwise import error_stats, mae, masked_mean, mse, nrmse, psnr
 from volqa.errors import InputError
-from volqa.metrics import binarize_mask, error_stats, mae, masked_mean, mse, nrmse, psnr
+from volqa.pipeline.masks import binarize_mask
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def test_float64_accumulation_with_large_offset() -> None:
 def test_slab_loop_equals_one_pass(pair, monkeypatch) -> None:
     ref, test = pair
     whole = error_stats(ref, test)
-    monkeypatch.setattr(metrics_mod, "_SLAB_VOXELS", 7)  # one slice per slab
+    monkeypatch.setattr(metrics_mod, "SLAB_VOXELS", 7)  # one slice per slab
     chunked = error_stats(ref, test)
     assert chunked.n == whole.n
     assert (chunked.ref_min, chunked.ref_max) == (whole.ref_min, whole.ref_max)

@@ -1,4 +1,4 @@
-"""Intensity normalisation (volqa.normalize)."""
+"""Intensity normalisation (volqa.pipeline.normalize)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import volqa
+from volqa.engine.voxelwise import error_stats
 from volqa.errors import InputError, SettingsError
-from volqa.metrics import error_stats
-from volqa.normalize import normalize_pair, percentiles
+from volqa.pipeline.normalize import normalize_pair, percentiles
 
 
 @pytest.fixture

@@ -15,15 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pipeline_data import degrade, make_batch, phantom, write_nii
 from typer.testing import CliRunner
 
 import volqa
-import volqa.results as results_mod
-import volqa.runner as runner
-from pipeline_data import degrade, make_batch, phantom, write_nii
+import volqa.io.atomic as atomic_mod
 from volqa.cli import app
 from volqa.errors import SettingsError
-from volqa.results import Journal, atomic_write, load_journal
+from volqa.io.atomic import atomic_write
+from volqa.io.journal import Journal, load_journal
+from volqa.pipeline import RowScorer
 
 ROOT = Path(__file__).resolve().parents[1]
 cli = CliRunner()
@@ -33,43 +34,40 @@ def read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-class CountCalls:
-    """Counts SSIM computations (one per scored row) by wrapping runner._compute_ssim."""
+class CountCalls(RowScorer):
+    """A row scorer that counts engine computations (one per scored row)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self) -> None:
         self.n = 0
-        real = runner._compute_ssim
 
-        def counted(*args, **kwargs):
-            self.n += 1
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(runner, "_compute_ssim", counted)
+    def engine_metrics(self, *args, **kwargs):
+        self.n += 1
+        return super().engine_metrics(*args, **kwargs)
 
 
 def test_resume_skips_finished_rows_and_recomputes_changed_ones(tmp_path, monkeypatch) -> None:
     manifest = make_batch(tmp_path, n=4)
     out = tmp_path / "o"
-    calls = CountCalls(monkeypatch)
-    first = volqa.score_manifest(manifest, out=out)
+    calls = CountCalls()
+    first = volqa.score_manifest(manifest, out=out, scorer=calls)
     assert calls.n == 4 and len(load_journal(out / "journal.jsonl")) == 4
 
     calls.n = 0
-    again = volqa.score_manifest(manifest, out=out, resume=True)
+    again = volqa.score_manifest(manifest, out=out, scorer=calls, resume=True)
     assert calls.n == 0
     pd.testing.assert_frame_equal(first, again)
 
     # a changed input file: only that row again
     write_nii(tmp_path / "data/s2_test.nii.gz", degrade(phantom(2), 99))
     calls.n = 0
-    changed = volqa.score_manifest(manifest, out=out, resume=True)
+    changed = volqa.score_manifest(manifest, out=out, scorer=calls, resume=True)
     assert calls.n == 1
     assert changed.loc[2, "ssim"] != first.loc[2, "ssim"]
     assert changed.drop(index=2).equals(first.drop(index=2))
 
     # changed settings: every row again
     calls.n = 0
-    volqa.score_manifest(manifest, out=out, resume=True, win_size=7)
+    volqa.score_manifest(manifest, out=out, scorer=calls, resume=True, win_size=7)
     assert calls.n == 4
 
 
@@ -84,8 +82,8 @@ def test_resume_retries_failed_rows_and_takes_new_passthrough(tmp_path, monkeypa
     broken.write_bytes(good_bytes)
     text = manifest.read_text().replace(",A,", ",site-A,")
     manifest.write_text(text)
-    calls = CountCalls(monkeypatch)
-    df = volqa.score_manifest(manifest, out=out, resume=True)
+    calls = CountCalls()
+    df = volqa.score_manifest(manifest, out=out, scorer=calls, resume=True)
     assert calls.n == 1 and df["status"].tolist() == ["ok"] * 3
     assert df["site"].tolist() == ["site-A", "B", "site-A"]
 
@@ -97,8 +95,8 @@ def test_torn_journal_line_is_ignored(tmp_path, monkeypatch) -> None:
     journal = out / "journal.jsonl"
     lines = journal.read_text().splitlines(keepends=True)
     journal.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # killed mid-write
-    calls = CountCalls(monkeypatch)
-    df = volqa.score_manifest(manifest, out=out, resume=True)
+    calls = CountCalls()
+    df = volqa.score_manifest(manifest, out=out, scorer=calls, resume=True)
     assert calls.n == 1 and df["status"].tolist() == ["ok"] * 3
     for line in journal.read_text().splitlines()[3:]:
         json.loads(line)  # the next record starts on its own line
@@ -122,8 +120,8 @@ def test_overwrite_starts_a_new_journal_and_keeps_other_files(tmp_path, monkeypa
     (out / "my_notes.txt").write_text("keep me")
     with pytest.raises(SettingsError, match="--resume.*--overwrite"):
         volqa.score_manifest(manifest, out=out)
-    calls = CountCalls(monkeypatch)
-    volqa.score_manifest(manifest, out=out, overwrite=True)
+    calls = CountCalls()
+    volqa.score_manifest(manifest, out=out, scorer=calls, overwrite=True)
     assert calls.n == 2 and len((out / "journal.jsonl").read_text().splitlines()) == 2
     assert (out / "my_notes.txt").read_text() == "keep me"
 
@@ -163,8 +161,8 @@ def test_failed_table_write_leaves_previous_tables(tmp_path, monkeypatch) -> Non
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
     # the journal of the failed run is complete, so --resume finishes without recomputing
     monkeypatch.undo()
-    calls = CountCalls(monkeypatch)
-    df = volqa.score_manifest(manifest, out=out, resume=True, win_size=7)
+    calls = CountCalls()
+    df = volqa.score_manifest(manifest, out=out, scorer=calls, resume=True, win_size=7)
     assert calls.n == 0 and len(df) == 2 and set(df["win_size"]) == {7}
 
 
@@ -178,10 +176,10 @@ def test_atomic_write_many_replaces_all_or_nothing(tmp_path) -> None:
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        results_mod.atomic_write_many({a: lambda t: t.write_text("new a"), b: fail})
+        atomic_mod.atomic_write_many({a: lambda t: t.write_text("new a"), b: fail})
     assert (a.read_text(), b.read_text()) == ("old a", "old b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.parquet"]
-    results_mod.atomic_write_many({a: lambda t: t.write_text("new a"),
+    atomic_mod.atomic_write_many({a: lambda t: t.write_text("new a"),
                                    b: lambda t: t.write_text("new b")})
     assert (a.read_text(), b.read_text()) == ("new a", "new b")
 
@@ -193,14 +191,14 @@ SLOW_HOOK = textwrap.dedent(
     import os
     if os.environ.get("VOLQA_TEST_DELAY"):
         import time
-        import volqa.runner as _r
-        _real = _r._compute_ssim
+        from volqa.pipeline import RowScorer
+        _real = RowScorer.engine_metrics
         def _slow(*args, **kwargs):
             with open(os.environ["VOLQA_TEST_CALLS"], "a") as fh:
                 fh.write("call\\n")
             time.sleep(float(os.environ["VOLQA_TEST_DELAY"]))
             return _real(*args, **kwargs)
-        _r._compute_ssim = _slow
+        RowScorer.engine_metrics = _slow
     """
 )
 
@@ -284,8 +282,8 @@ def test_signal_finishes_row_writes_tables_and_prints_resume(tmp_path, signum, c
     assert f"{len(done)} of 8 row(s) done" in stdout
     command = stderr.strip().splitlines()[-1].strip()
     argv = shlex.split(command)
-    assert argv[:2] == ["volqa", "score"] and "--resume" in argv
-    assert argv[argv.index("--win-size") + 1] == "7"  # settings carried over
+    # the settings are carried over by OUT/settings.json, not by repeating options
+    assert argv == ["volqa", "score", str(manifest), "--out", str(out), "--resume"]
     result = cli.invoke(app, argv[1:] + ["--no-progress"])
     assert result.exit_code == 0, result.output
     final = read_csv(out / "results.csv")

@@ -1,4 +1,4 @@
-"""score_pair / score_manifest (volqa.runner): values, options, OOM policy, maps."""
+"""score_pair / score_manifest (volqa.pipeline): values, options, OOM policy, maps."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from pipeline_data import AFFINE, SHAPE, degrade, make_batch, phantom, write_nii
 
 import volqa
-import volqa.runner as runner
-from pipeline_data import AFFINE, SHAPE, degrade, make_batch, phantom, write_nii
 from volqa.errors import InputError, SettingsError
+from volqa.execution import parse_memory
 from volqa.io import read_volume
-from volqa.normalize import normalize_pair
+from volqa.pipeline import RowScorer
+from volqa.pipeline.normalize import normalize_pair
 
 
 @pytest.fixture
@@ -150,7 +151,7 @@ def test_cuda_requested_without_cuda(pair_files) -> None:
 @pytest.mark.parametrize(("text", "n"), [("512M", 512 * 2**20), ("2GiB", 2 * 2**30),
                                          ("1.5k", 1536), (4096, 4096), ("100", 100)])
 def test_parse_memory(text, n) -> None:
-    assert runner.parse_memory(text) == n
+    assert parse_memory(text) == n
 
 
 def test_tiny_memory_budget_gives_the_same_values(pair_files) -> None:
@@ -163,19 +164,18 @@ def test_tiny_memory_budget_gives_the_same_values(pair_files) -> None:
 # ------------------------------------------------------------------------- OOM policy
 
 
-class _FakeOOM:
-    """Replaces _compute_ssim: CUDA attempts raise OOM ``fail`` times, then run on CPU."""
+class _FakeOOM(RowScorer):
+    """A scorer whose CUDA attempts raise OOM ``fail`` times; every attempt runs on the CPU."""
 
     def __init__(self, fail: int) -> None:
         self.fail = fail
         self.calls: list[tuple[str, int | None]] = []
-        self.real = runner._compute_ssim
 
-    def __call__(self, ref, test, mask, data_range, cfg, device, max_memory, want_map):
+    def engine_metrics(self, p, settings, device, max_memory, keep_map):
         self.calls.append((device, max_memory))
         if device == "cuda" and len(self.calls) <= self.fail:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return self.real(ref, test, mask, data_range, cfg, "cpu", max_memory, want_map)
+        return super().engine_metrics(p, settings, "cpu", max_memory, keep_map)
 
 
 @pytest.fixture
@@ -197,8 +197,7 @@ def test_cuda_oom_retries_with_half_budget_then_cpu(
     pair_files, monkeypatch, fake_cuda, fail, device, calls
 ) -> None:
     fake = _FakeOOM(fail)
-    monkeypatch.setattr(runner, "_compute_ssim", fake)
-    row = volqa.score_pair(*pair_files, device="cuda", max_memory="8M")
+    row = volqa.score_pair(*pair_files, device="cuda", max_memory="8M", scorer=fake)
     assert fake.calls == calls
     assert row["device"] == device
     if fail:
@@ -208,19 +207,18 @@ def test_cuda_oom_retries_with_half_budget_then_cpu(
 
 
 def test_oom_on_cpu_is_not_retried(pair_files, monkeypatch) -> None:
-    def boom(*args, **kwargs):
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: out of memory")
+    class Boom(RowScorer):
+        def engine_metrics(self, *args, **kwargs):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: out of memory")
 
-    monkeypatch.setattr(runner, "_compute_ssim", boom)
     with pytest.raises(RuntimeError, match="out of memory"):
-        volqa.score_pair(*pair_files, device="cpu")
+        volqa.score_pair(*pair_files, device="cpu", scorer=Boom())
 
 
 def test_oom_in_a_batch_records_the_device(tmp_path, monkeypatch, fake_cuda) -> None:
     manifest = make_batch(tmp_path, n=2)
     fake = _FakeOOM(fail=2)
-    monkeypatch.setattr(runner, "_compute_ssim", fake)
-    df = volqa.score_manifest(manifest, device="cuda")
+    df = volqa.score_manifest(manifest, device="cuda", scorer=fake)
     assert list(df["device"]) == ["cpu", "cuda"]  # only the first row hit the OOMs
     # no --max-memory: the retry halves the engine's default (half of 1 GiB free = 512 MiB)
     assert fake.calls[:3] == [("cuda", None), ("cuda", 256 << 20), ("cpu", None)]

@@ -12,7 +12,7 @@ from skimage.metrics import structural_similarity as sk_ssim
 
 import volqa
 from volqa import InputError, SettingsError
-from volqa.ssim import window_taps
+from volqa.engine import window_taps
 
 SK_GAUSS = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
 
@@ -215,14 +215,14 @@ def test_masked_mean_equals_mean_of_skimage_map_over_cropped_mask(preset, crop):
 
 
 def test_tiles_along_two_axes_when_slabs_would_be_thin():
-    from volqa.ssim import MIN_SLAB_SLICES, _plan_tiles
+    from volqa.engine.tiling import MIN_SLAB_SLICES, plan_tiles
 
     shape, sizes = (1, 1, 64, 300, 300), (11, 11, 11)
     map_shape = (54, 290, 290)
-    s0, s1 = _plan_tiles(shape, sizes, map_shape, 4, 16 << 20)
+    s0, s1 = plan_tiles(shape, sizes, map_shape, 4, 16 << 20)
     assert s0 == MIN_SLAB_SLICES and 1 < s1 < 290  # tiled along the second axis too
-    assert _plan_tiles(shape, sizes, map_shape, 4, 1 << 30) == (54, 290)  # one tile
-    assert _plan_tiles(shape, sizes, map_shape, 4, 1) == (1, 1)  # smallest: one voxel row
+    assert plan_tiles(shape, sizes, map_shape, 4, 1 << 30) == (54, 290)  # one tile
+    assert plan_tiles(shape, sizes, map_shape, 4, 1) == (1, 1)  # smallest: one voxel row
     x, y = pair((20, 40, 16), seed=28)
     a, ma = volqa.ssim(x, y, data_range=1.0, return_map=True)
     b, mb = volqa.ssim(x, y, data_range=1.0, return_map=True, max_memory=60_000)

@@ -1,20 +1,19 @@
 """volqa: reference-based quality metrics for reconstructed medical volumes.
 
-The SSIM engine (:func:`ssim`, :func:`ssim_slices`, :class:`SSIMLoss`) is pure tensor code
-and imports only torch and numpy. The file pipeline (:func:`score_pair`,
-:func:`score_manifest`, :func:`read_volume`) is imported on first use, so the engine works
-where nibabel or SimpleITK are not installed.
+The SSIM engine (:func:`ssim`, :func:`ssim_slices`, :class:`SSIMLoss`) is pure tensor code in
+:mod:`volqa.engine`; the file pipeline (:func:`score_pair`, :func:`score_manifest`) is in
+:mod:`volqa.pipeline`, the readers (:func:`read_volume`) in :mod:`volqa.io`. Every name is
+imported on first use, so ``import volqa`` is cheap and the engine works where nibabel or
+SimpleITK are not installed. Typer, Pillow and the demo are imported only by the CLI.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import GeometryError, InputError, ManifestError, SettingsError, VolqaError
-from .losses import SSIMLoss
-from .ssim import PRESETS, ssim, ssim_slices
 
 try:
     __version__ = version("volqa")
@@ -22,17 +21,21 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 _LAZY = {
-    "score_pair": "volqa.runner",
-    "score_manifest": "volqa.runner",
+    "PRESETS": "volqa.engine",
+    "SSIMSettings": "volqa.engine",
+    "SSIMLoss": "volqa.engine",
+    "ssim": "volqa.engine",
+    "ssim_slices": "volqa.engine",
+    "Settings": "volqa.settings",
+    "Execution": "volqa.execution",
+    "score_pair": "volqa.pipeline",
+    "score_manifest": "volqa.pipeline",
+    "BatchInterrupted": "volqa.pipeline",
     "read_volume": "volqa.io",
     "Volume": "volqa.io",
 }
 
 __all__ = [
-    "PRESETS",
-    "SSIMLoss",
-    "ssim",
-    "ssim_slices",
     "VolqaError",
     "SettingsError",
     "InputError",
@@ -42,8 +45,21 @@ __all__ = [
     *_LAZY,
 ]
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import PRESETS, SSIMLoss, SSIMSettings, ssim, ssim_slices
+    from .execution import Execution
+    from .io import Volume, read_volume
+    from .pipeline import BatchInterrupted, score_manifest, score_pair
+    from .settings import Settings
+
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'volqa' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

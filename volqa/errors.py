@@ -2,6 +2,10 @@
 
 The batch runner records a :class:`VolqaError` raised while scoring one subject in that row
 and goes on; anything else is a bug and is recorded with its type name.
+
+:class:`SettingsError` and :class:`InputError` (so also :class:`GeometryError`) are
+:class:`ValueError` subclasses, so ``except ValueError`` catches a bad argument or a bad image
+as it does with scikit-image, torchmetrics or numpy.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ class SettingsError(VolqaError, ValueError):
     """An option or argument is invalid (unknown preset, data_range <= 0, window too large, ...)."""
 
 
-class InputError(VolqaError):
+class InputError(VolqaError, ValueError):
     """An input volume or mask cannot be read or used (missing, corrupt, NaN, wrong shape, ...)."""
 
 

@@ -1,4 +1,4 @@
-"""Voxel-wise error metrics (MSE, MAE, PSNR, NRMSE) and mask handling.
+"""Voxel-wise error metrics (MSE, MAE, PSNR, NRMSE) and the mean of a map inside a mask.
 
 Conventions
 -----------
@@ -17,11 +17,6 @@ Conventions
   :func:`nrmse` raises :class:`~volqa.errors.InputError`.
 - With ``mask``, every metric uses the voxels where the mask is True only (NRMSE then
   divides by the reference's range inside the mask).
-
-Mask rule (:func:`binarize_mask`): a voxel is inside when its value is non-zero. The values
-must be whole numbers (a binary mask, or a label map whose labels are all used together);
-fractional values (a probability map, or a mask resampled with linear interpolation) are an
-error, because any threshold would be a guess.
 """
 
 from __future__ import annotations
@@ -31,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
+from .tiling import map_region
 
 __all__ = [
     "ErrorStats",
@@ -40,11 +36,11 @@ __all__ = [
     "mae",
     "psnr",
     "nrmse",
-    "binarize_mask",
     "masked_mean",
 ]
 
-_SLAB_VOXELS = 1 << 20
+#: Voxels per slab of the float64 accumulation (bounds the temporary copies).
+SLAB_VOXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -116,7 +112,7 @@ def error_stats(
     _check_pair(ref, tst, msk)
     if ref.size == 0:
         raise InputError("cannot score an empty volume (0 voxels).")
-    rows = max(1, _SLAB_VOXELS // max(1, ref[0].size)) if ref.ndim > 1 else ref.shape[0]
+    rows = max(1, SLAB_VOXELS // max(1, ref[0].size)) if ref.ndim > 1 else ref.shape[0]
     n = 0
     s_abs = 0.0
     s_sq = 0.0
@@ -181,50 +177,6 @@ def nrmse(reference: np.ndarray, test: np.ndarray, *, mask: np.ndarray | None = 
     return error_stats(reference, test, mask=mask).nrmse()
 
 
-def binarize_mask(array: np.ndarray, *, source: str = "mask") -> tuple[np.ndarray, str]:
-    """Turn a mask volume into a boolean array (inside = non-zero), checking the values.
-
-    Parameters
-    ----------
-    array : ndarray
-        The mask volume as read (any numeric dtype).
-    source : str
-        The file name, used in messages.
-
-    Returns
-    -------
-    (ndarray of bool, str)
-        The mask and a note ("" for a 0/1 mask; for a label map, the labels merged).
-
-    Raises
-    ------
-    InputError
-        NaN or fractional values (probability map: threshold it first), or no voxel inside.
-    """
-    a = np.asarray(array)
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all():
-            raise InputError(f"mask {source!r}: contains NaN or Inf values.")
-        frac = a != np.round(a)
-        if frac.any():
-            example = float(a[frac].flat[0])
-            raise InputError(
-                f"mask {source!r}: {int(frac.sum())} voxel(s) have fractional values (e.g. "
-                f"{example:g}); volqa needs a binary or label mask (inside = non-zero). "
-                "Threshold it first (e.g. value >= 0.5) and save it as integers."
-            )
-    inside = a != 0
-    if not inside.any():
-        raise InputError(f"mask {source!r}: no voxel is non-zero (empty mask); nothing to score.")
-    note = ""
-    labels = np.unique(a[inside])
-    if labels.size > 1 or float(labels[0]) != 1.0:
-        shown = ", ".join(f"{float(v):g}" for v in labels[:10])
-        more = f" and {labels.size - 10} more" if labels.size > 10 else ""
-        note = f"mask has values {shown}{more}: every non-zero voxel is inside"
-    return inside, note
-
-
 def masked_mean(values: np.ndarray, mask: np.ndarray) -> float:
     """Mean of a map over the mask voxels it covers, accumulated in float64.
 
@@ -242,10 +194,10 @@ def masked_mean(values: np.ndarray, mask: np.ndarray) -> float:
     """
     v = np.asarray(values)
     m = np.asarray(mask, dtype=bool)
-    if v.ndim != m.ndim or any(a > b for a, b in zip(v.shape, m.shape, strict=True)):
-        raise InputError(f"map shape {v.shape} does not fit in the mask shape {m.shape}.")
-    offs = [(b - a) // 2 for a, b in zip(v.shape, m.shape, strict=True)]
-    crop = m[tuple(slice(o, o + s) for o, s in zip(offs, v.shape, strict=True))]
+    try:
+        crop = m[map_region(m.shape, v.shape)]
+    except ValueError:
+        raise InputError(f"map shape {v.shape} does not fit in the mask shape {m.shape}.") from None
     n = int(crop.sum())
     if n == 0:
         raise InputError(

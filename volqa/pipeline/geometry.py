@@ -23,8 +23,9 @@ import numpy as np
 import SimpleITK as sitk
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
-from .errors import GeometryError
-from .io import Volume, _lps_geometry, volume_to_sitk
+from ..errors import GeometryError
+from ..io.itk import volume_to_sitk
+from ..io.volume import Volume, lps_geometry
 
 __all__ = ["Alignment", "align_to_reference"]
 
@@ -158,7 +159,7 @@ def _reorient_like(reference: Volume, volume: Volume, role: str) -> tuple[Volume
 def _resample_onto(reference: Volume, volume: Volume, role: str) -> Volume:
     """SimpleITK resampling of ``volume`` onto ``reference``'s grid (identity transform)."""
     nearest = role == "mask"
-    spacing, direction, origin = _lps_geometry(reference.affine)
+    spacing, direction, origin = lps_geometry(reference.affine)
     resampler = sitk.ResampleImageFilter()
     resampler.SetSize(list(reference.shape))
     resampler.SetOutputSpacing(spacing)

@@ -17,7 +17,8 @@ accepted) with the columns
 Every other column (site, method, acceleration, ...) is carried unchanged, as text, into the
 output row. Relative paths resolve against the folder that holds the manifest, not against the
 working directory. A DICOM folder holding several series names one of them as
-``folder#<SeriesInstanceUID>``; the suffix is kept and split off by :func:`split_series`.
+``folder#<SeriesInstanceUID>``; the suffix is kept and split off by
+:func:`volqa.io.paths.split_series`.
 
 Validation is about the manifest's *structure* and happens before any subject is scored:
 not UTF-8, not a CSV, no data rows, missing or duplicated columns, columns that collide with
@@ -34,13 +35,13 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ManifestError
-from .results import RESERVED_COLUMNS
+from ..errors import ManifestError
+from ..schema import reserved_columns
+from .paths import split_series
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -49,15 +50,12 @@ __all__ = [
     "ManifestRow",
     "read_manifest",
     "missing_files",
-    "split_series",
 ]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("subject_id", "reference", "test")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("mask",)
 PATH_COLUMNS: tuple[str, ...] = ("reference", "test", "mask")
 
-# A DICOM UID: numeric components separated by dots, at most 64 characters (PS3.5 §9.1).
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _MAX_LISTED = 50  # problems listed in one message before "... and N more"
 
 
@@ -124,29 +122,6 @@ class Manifest:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-
-def split_series(path: str) -> tuple[str, str | None]:
-    """Split an optional ``#<SeriesInstanceUID>`` suffix off a path.
-
-    The suffix is recognised only when the text after the last ``#`` is a DICOM UID (digits
-    and dots) and the whole string is not itself an existing path, so file names that contain
-    ``#`` keep working.
-
-    Parameters
-    ----------
-    path : str
-        A path as written in the manifest (or resolved).
-
-    Returns
-    -------
-    (str, str or None)
-        The file-system path and the series UID (None when there is no suffix).
-    """
-    head, sep, tail = path.rpartition("#")
-    if sep and head and _UID.match(tail) and len(tail) <= 64 and not os.path.exists(path):
-        return head, tail
-    return path, None
 
 
 def _resolve(cell: str, base: Path) -> str:
@@ -253,7 +228,7 @@ def read_manifest(path: str | os.PathLike[str], *, strict: bool = False) -> Mani
     empty_names = [i + 1 for i, c in enumerate(header) if not c]
     if empty_names:
         problems.append(f"header column(s) {empty_names} have no name.")
-    reserved = [c for c in header if c in RESERVED_COLUMNS]
+    reserved = [c for c in header if c in reserved_columns()]
     if reserved:
         problems.append(
             f"column(s) {', '.join(map(repr, reserved))} clash with volqa's output columns; "

@@ -49,21 +49,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError, SettingsError
+from ..errors import InputError
+from ..settings import DEFAULT_NORMALIZE, DEFAULT_PERCENTILES, NORMALIZE_MODES, Settings
 
 __all__ = [
     "NORMALIZE_MODES",
-    "DEFAULT_NORMALIZE",
-    "DEFAULT_PERCENTILES",
     "Normalized",
+    "normalize",
     "normalize_pair",
     "percentiles",
-    "check_normalize_settings",
 ]
-
-NORMALIZE_MODES: tuple[str, ...] = ("none", "minmax", "percentile", "zscore", "window")
-DEFAULT_NORMALIZE = "minmax"
-DEFAULT_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 
 
 @dataclass(frozen=True)
@@ -91,61 +86,6 @@ class Normalized:
     offset: float = 0.0
     scale: float = 1.0
     clip: tuple[float, float] | None = None
-
-
-def check_normalize_settings(
-    mode: str,
-    *,
-    data_range: float | None = None,
-    percentile_range: Sequence[float] = DEFAULT_PERCENTILES,
-    intensity_window: Sequence[float] | None = None,
-) -> None:
-    """Validate normalisation settings without touching any volume.
-
-    Raises
-    ------
-    SettingsError
-        Unknown mode, ``data_range`` not positive or given with a mode other than ``none``,
-        percentiles outside ``0 <= lo < hi <= 100``, missing or invalid window.
-    """
-    if mode not in NORMALIZE_MODES:
-        raise SettingsError(
-            f"normalize must be one of {', '.join(NORMALIZE_MODES)}; got {mode!r}."
-        )
-    if data_range is not None:
-        if not (isinstance(data_range, int | float) and math.isfinite(data_range)) or (
-            data_range <= 0
-        ):
-            raise SettingsError(f"data_range must be a finite number > 0; got {data_range!r}.")
-        if mode != "none":
-            raise SettingsError(
-                f"data_range={data_range!r} applies only to normalize='none', but normalize is "
-                f"{mode!r} (it sets its own range: 1, or (max - min) / std for zscore); add "
-                "--normalize none (normalize='none') to score raw intensities with this range."
-            )
-    if mode == "percentile":
-        p = tuple(percentile_range)
-        if len(p) != 2 or not all(math.isfinite(v) for v in p) or not 0 <= p[0] < p[1] <= 100:
-            raise SettingsError(
-                f"percentiles must be two numbers LOW,HIGH with 0 <= LOW < HIGH <= 100; got {p!r}."
-            )
-    if mode == "window":
-        if intensity_window is None:
-            raise SettingsError(
-                "normalize='window' needs the window as LEVEL,WIDTH (CLI: --window 40,400; "
-                "Python: intensity_window=(40, 400))."
-            )
-        w = tuple(intensity_window)
-        if len(w) != 2 or not all(math.isfinite(v) for v in w) or w[1] <= 0:
-            raise SettingsError(
-                f"the intensity window must be LEVEL,WIDTH with a finite LEVEL and WIDTH > 0; "
-                f"got {w!r}."
-            )
-    elif intensity_window is not None:
-        raise SettingsError(
-            f"an intensity window ({tuple(intensity_window)!r}) applies only to "
-            f"normalize='window' (got normalize={mode!r}); drop it or use --normalize window."
-        )
 
 
 def percentiles(array: np.ndarray, q: Sequence[float]) -> np.ndarray:
@@ -219,16 +159,20 @@ def normalize_pair(
     Raises
     ------
     SettingsError
-        Invalid settings (see :func:`check_normalize_settings`).
+        Invalid settings (checked by :class:`volqa.Settings`).
     InputError
         The reference has no spread for the chosen mode (constant volume).
     """
-    check_normalize_settings(
-        mode,
-        data_range=data_range,
-        percentile_range=percentile_range,
-        intensity_window=intensity_window,
-    )
+    settings = Settings(normalize=mode, data_range=data_range,
+                        percentiles=tuple(percentile_range),  # type: ignore[arg-type]
+                        intensity_window=intensity_window)  # type: ignore[arg-type]
+    return normalize(reference, test, settings)
+
+
+def normalize(reference: np.ndarray, test: np.ndarray, settings: Settings) -> Normalized:
+    """:func:`normalize_pair` with the normalisation of a run's :class:`~volqa.Settings`."""
+    mode, data_range = settings.normalize, settings.data_range
+    percentile_range, intensity_window = settings.percentiles, settings.intensity_window
     ref = np.asarray(reference)
     tst = np.asarray(test)
     if ref.shape != tst.shape:

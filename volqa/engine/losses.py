@@ -8,8 +8,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .errors import SettingsError
-from .ssim import _check_data_range, resolve_settings, ssim
+from ..errors import SettingsError
+from .checks import check_data_range
+from .conventions import resolve_settings
+from .structural import ssim
 
 
 class SSIMLoss(nn.Module):
@@ -57,7 +59,7 @@ class SSIMLoss(nn.Module):
         if reduction not in ("mean", "sum", "none"):
             raise SettingsError(f"unknown reduction {reduction!r}; choose mean, sum or none")
         self.spatial_dims = spatial_dims
-        self.data_range = _check_data_range(data_range)
+        self.data_range = check_data_range(data_range)
         self.settings = resolve_settings(preset, window=window, win_size=win_size, sigma=sigma,
                                          k1=k1, k2=k2, covariance=covariance, border=border)
         self.reduction = reduction
@@ -68,10 +70,8 @@ class SSIMLoss(nn.Module):
             layout = "(N, C, H, W)" if self.spatial_dims == 2 else "(N, C, D, H, W)"
             raise SettingsError(f"SSIMLoss(spatial_dims={self.spatial_dims}) expects {layout} "
                                 f"batches, got shape {tuple(input.shape)}")
-        s = self.settings
-        value = ssim(input, target, data_range=self.data_range, preset=s.preset,
-                     window=s.window, win_size=s.win_size, sigma=s.sigma, k1=s.k1, k2=s.k2,
-                     covariance=s.covariance, border=s.border, max_memory=self.max_memory)
+        value = ssim(input, target, data_range=self.data_range, settings=self.settings,
+                     max_memory=self.max_memory)
         dtype = torch.float64 if torch.float64 in (input.dtype, target.dtype) else torch.float32
         loss = (1.0 - value).to(dtype)
         if self.reduction == "mean":

@@ -1,0 +1,51 @@
+"""The numeric core: pure tensor functions, no files, no batch, no settings beyond SSIM's own.
+
+:func:`ssim`, :func:`ssim_slices` and :class:`SSIMLoss` (torch), the frozen
+:class:`SSIMSettings` and its presets, and the voxel-wise error metrics (numpy, float64 sums).
+Names are imported on first use, so the conventions can be read without importing torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "PRESETS": "conventions",
+    "PRESET_NOTES": "conventions",
+    "SSIMSettings": "conventions",
+    "resolve_settings": "conventions",
+    "window_taps": "conventions",
+    "SSIMLoss": "losses",
+    "ssim": "structural",
+    "ssim_slices": "structural",
+    "default_max_memory": "tiling",
+    "map_region": "tiling",
+    "ErrorStats": "voxelwise",
+    "error_stats": "voxelwise",
+    "mse": "voxelwise",
+    "mae": "voxelwise",
+    "psnr": "voxelwise",
+    "nrmse": "voxelwise",
+    "masked_mean": "voxelwise",
+}
+__all__ = list(_LAZY)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .conventions import PRESET_NOTES, PRESETS, SSIMSettings, resolve_settings, window_taps
+    from .losses import SSIMLoss
+    from .structural import ssim, ssim_slices
+    from .tiling import default_max_memory, map_region
+    from .voxelwise import ErrorStats, error_stats, mae, masked_mean, mse, nrmse, psnr
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,143 @@
+"""DICOM series folders: list series, sort slices (GDCM), check positions and orientations.
+
+Series are listed with ``GetGDCMSeriesIDs`` and the files of the chosen series are sorted along
+the slice normal by ``GetGDCMSeriesFileNames``; subfolders are not searched. A folder that holds
+several series needs ``folder#<SeriesInstanceUID>``; the error lists every series.
+
+Slice positions (ImagePositionPatient projected on the slice normal) are checked: when a step
+between neighbouring slices differs from the median step by more than max(1 % of the median,
+0.01 mm) the volume gets a "non-uniform slice spacing" note, and steps over 1.5 x the median
+(gaps) are listed in a "possible missing slices" note. SimpleITK still assumes equally spaced
+slices, (last - first) / (n - 1) apart; the notes say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .itk import itk_message, itk_quiet, volume_from_sitk
+from .paths import read_error
+from .volume import Volume
+
+__all__ = ["read_dicom_folder"]
+
+SLICE_STEP_RTOL = 0.01
+SLICE_STEP_ATOL_MM = 0.01
+SLICE_GAP_FACTOR = 1.5
+# Largest difference between the direction cosines of two slices of one series.
+SLICE_ORIENTATION_ATOL = 1e-4
+
+
+def read_dicom_folder(folder: Path, series_uid: str | None, source: str) -> Volume:
+    try:
+        count = len(os.listdir(folder))
+    except PermissionError:
+        raise read_error(source, "permission denied (the folder is not readable)") from None
+    if count == 0:
+        raise read_error(source, "empty folder", "expected the DICOM files of one series")
+    with itk_quiet():
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not uids:
+        raise read_error(source, f"no DICOM series in this folder ({count} entries; "
+                                 "subfolders are not searched)",
+                         "point to the folder holding the DICOM files, or to a NIfTI/MHA/NRRD file")
+    if series_uid is None and len(uids) > 1:
+        raise read_error(source, f"the folder holds {len(uids)} DICOM series: "
+                                 f"{_describe_series(folder, uids)}",
+                         f"name one as '{folder}#<SeriesInstanceUID>' (or series_uid=...)")
+    uid = series_uid or uids[0]
+    if uid not in uids:
+        raise read_error(source, f"no series with SeriesInstanceUID {uid!r}; the folder holds "
+                                 f"{_describe_series(folder, uids)}")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    with itk_quiet():
+        try:
+            image = reader.Execute()
+        except RuntimeError as e:
+            raise read_error(source, f"SimpleITK cannot read series {uid} "
+                             f"({itk_message(e)})") from None
+    orientations = _slice_tags(reader, len(files), "0020|0037")
+    if orientations is not None and np.ptp(orientations, axis=0).max() > SLICE_ORIENTATION_ATOL:
+        raise read_error(source, f"the {len(files)} slices of series {uid} have different "
+                                 "ImageOrientationPatient values, so they do not form one 3-D "
+                                 "volume", "is it a localizer or a radial series?")
+    positions = _slice_tags(reader, len(files), "0020|0032")
+    normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
+    notes = _slice_notes(positions @ normal, image.GetSpacing()[2]) if positions is not None else ()
+    if len(uids) == 1:
+        left_out = _count_dicom_files(folder) - len(files)
+        if left_out > 0:  # GDCM drops files it cannot parse, at either end of the stack too
+            notes = (*notes, f"{left_out} DICOM file(s) in the folder are not part of series "
+                             f"{uid} (damaged or truncated?); the volume has {len(files)} slices")
+    return volume_from_sitk(image, source, notes)
+
+
+def _count_dicom_files(folder: Path) -> int:
+    """Files in ``folder`` that carry the DICOM preamble ('DICM' at byte 128)."""
+    count = 0
+    for entry in os.scandir(folder):
+        if entry.is_file():
+            with contextlib.suppress(OSError), open(entry.path, "rb") as fh:
+                count += fh.read(132)[128:132] == b"DICM"
+    return count
+
+
+def _describe_series(folder: Path, uids: Sequence[str]) -> str:
+    """'uid (description, n files); ...' for every series of a folder."""
+    parts = []
+    for uid in uids:
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(files[0])
+        description = ""
+        with contextlib.suppress(RuntimeError), itk_quiet():
+            reader.ReadImageInformation()
+            if reader.HasMetaDataKey("0008|103e"):
+                description = reader.GetMetaData("0008|103e").strip()
+        parts.append(f"{uid} ({description!r}, {len(files)} files)")
+    return "; ".join(parts)
+
+
+def _slice_tags(reader: sitk.ImageSeriesReader, n: int, tag: str) -> np.ndarray | None:
+    """(n, m) array of a numeric multi-valued tag of every slice, or None if any lacks it."""
+    rows = []
+    for i in range(n):
+        if not reader.HasMetaDataKey(i, tag):
+            return None
+        try:
+            rows.append([float(v) for v in reader.GetMetaData(i, tag).split("\\")])
+        except ValueError:
+            return None
+    return np.asarray(rows)
+
+
+def _slice_notes(depths: np.ndarray, spacing: float) -> tuple[str, ...]:
+    """Notes on non-uniform steps and gaps between sorted slice positions (mm along the normal).
+
+    See :func:`read_volume` for the rule.
+    """
+    steps = np.abs(np.diff(depths))
+    if steps.size < 2:
+        return ()
+    median = float(np.median(steps))
+    tolerance = max(SLICE_STEP_RTOL * median, SLICE_STEP_ATOL_MM)
+    notes = []
+    if np.abs(steps - median).max() > tolerance:
+        notes.append(f"non-uniform slice spacing: steps between slice positions range from "
+                     f"{steps.min():.4g} to {steps.max():.4g} mm (median {median:.4g} mm); "
+                     f"the volume assumes equal steps of {spacing:.4g} mm")
+    gaps = np.flatnonzero(steps > SLICE_GAP_FACTOR * median)
+    if gaps.size:
+        where = ", ".join(f"{steps[g]:.4g} mm after slice {g}" for g in gaps[:5])
+        notes.append(f"possible missing slices: {gaps.size} gap(s) over {SLICE_GAP_FACTOR} x "
+                     f"the median step {median:.4g} mm ({where})")
+    return tuple(notes)

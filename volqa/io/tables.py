@@ -1,0 +1,86 @@
+"""The result tables: ``results.csv`` and ``results.parquet``, typed from the schema.
+
+Column types come from :mod:`volqa.schema` (``string``, ``float64``, ``int64``, ``bool``):
+the manifest's columns are strings, metric columns float64 (null where not computed; ``psnr``
+is ``inf`` for identical images). The CSV holds the same values as text. The run's metadata
+(settings, version, counts) is stored as JSON under the key ``volqa`` of the Parquet schema
+metadata. Both files are written together through :func:`volqa.io.atomic.atomic_write_many`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ..schema import Column
+from .atomic import atomic_write_many
+
+__all__ = ["CSV_NAME", "PARQUET_NAME", "METADATA_KEY", "ARROW_TYPES", "build_table",
+           "write_tables"]
+
+CSV_NAME = "results.csv"
+PARQUET_NAME = "results.parquet"
+METADATA_KEY = b"volqa"
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "float64": pa.float64(),
+    "int64": pa.int64(),
+    "bool": pa.bool_(),
+}
+_CAST = {"string": str, "float64": float, "int64": int, "bool": bool}
+
+
+def _cell(value: Any, dtype: str) -> Any:
+    return None if value is None else _CAST[dtype](value)
+
+
+def build_table(
+    rows: Iterable[Mapping[str, Any]],
+    columns: Sequence[Column],
+    metadata: Mapping[str, Any] | None = None,
+) -> pa.Table:
+    """Build the typed Arrow table (missing keys become nulls).
+
+    Parameters
+    ----------
+    rows : iterable of mappings
+        One mapping per output row, keyed by column name.
+    columns : sequence of Column
+        From :func:`volqa.schema.output_columns`.
+    metadata : mapping, optional
+        Stored as JSON under the schema metadata key ``volqa``.
+    """
+    rows = list(rows)
+    arrays = [pa.array([_cell(r.get(c.name), c.dtype) for r in rows], type=ARROW_TYPES[c.dtype])
+              for c in columns]
+    schema = pa.schema([pa.field(c.name, ARROW_TYPES[c.dtype]) for c in columns])
+    if metadata is not None:
+        schema = schema.with_metadata(
+            {METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str).encode()}
+        )
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_tables(table: pa.Table, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write ``results.parquet`` and ``results.csv`` into ``out_dir``, both or neither.
+
+    Returns
+    -------
+    (Path, Path)
+        The CSV and Parquet paths.
+    """
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    csv_path, pq_path = out / CSV_NAME, out / PARQUET_NAME
+    frame = table.to_pandas()
+    atomic_write_many({
+        pq_path: lambda tmp: pq.write_table(table, tmp),
+        csv_path: lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\n"),
+    })  # fmt: skip
+    return csv_path, pq_path

@@ -1,0 +1,130 @@
+"""The one volume type, :class:`Volume`, and the one definition of the RAS <-> LPS flip.
+
+A :class:`Volume` is a float32 array indexed ``(i, j, k)`` and a ``(4, 4)`` affine mapping voxel
+indices to world RAS+ millimetres (nibabel's convention). Its geometry (spacing, direction,
+origin, orientation codes from :mod:`nibabel.orientations`) is derived from the affine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from nibabel.orientations import aff2axcodes
+
+from .paths import read_error
+
+__all__ = ["LPS_TO_RAS", "Volume", "lps_geometry", "as_3d", "check_finite"]
+
+# World coordinates. nibabel, NIfTI and volqa use RAS+: +x towards the patient's Right,
+# +y Anterior, +z Superior. DICOM and ITK (SimpleITK) use LPS+: +x Left, +y Posterior,
+# +z Superior. The same point therefore has x and y negated in the other system, and
+# affine_ras = LPS_TO_RAS @ affine_lps (the matrix is its own inverse, so it also converts
+# back). This is the only place in volqa where the flip is defined.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3-D scalar volume and its voxel-to-world geometry.
+
+    Parameters
+    ----------
+    array : (I, J, K) float32 ndarray
+        Voxel values in nibabel's index order ``(i, j, k)``. Other float or integer dtypes
+        are converted to float32.
+    affine : (4, 4) float64 ndarray
+        Maps a voxel index ``(i, j, k, 1)`` to world RAS+ millimetres.
+    source : str
+        The path as given to :func:`read_volume` (plus ``"#<SeriesInstanceUID>"`` when a
+        DICOM series was picked), used in messages.
+    notes : tuple of str
+        Non-fatal findings of the reader, e.g. non-uniform DICOM slice spacing.
+    """
+
+    array: np.ndarray = field(repr=False)
+    affine: np.ndarray = field(repr=False)
+    source: str
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        array = np.asarray(self.array, dtype=np.float32)
+        affine = np.asarray(self.affine, dtype=np.float64)
+        if array.ndim != 3:
+            raise ValueError(f"Volume needs a 3-D array, got shape {array.shape} ({self.source})")
+        if affine.shape != (4, 4):
+            raise ValueError(f"Volume needs a (4, 4) affine, got {affine.shape} ({self.source})")
+        object.__setattr__(self, "array", array)
+        object.__setattr__(self, "affine", affine)
+        object.__setattr__(self, "notes", tuple(self.notes))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape ``(I, J, K)``."""
+        i, j, k = self.array.shape
+        return (int(i), int(j), int(k))
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along i, j, k (norms of the affine's columns)."""
+        norms = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return (float(norms[0]), float(norms[1]), float(norms[2]))
+
+    @property
+    def direction(self) -> np.ndarray:
+        """(3, 3) ndarray: columns are the unit vectors of the i, j, k axes in RAS+."""
+        return self.affine[:3, :3] / np.asarray(self.spacing)
+
+    @property
+    def origin(self) -> np.ndarray:
+        """(3,) ndarray: RAS+ position in mm of the centre of voxel ``(0, 0, 0)``."""
+        return self.affine[:3, 3].copy()
+
+    @property
+    def orientation(self) -> str:
+        """Axis codes from :func:`nibabel.orientations.aff2axcodes`, e.g. ``"RAS"``, ``"LPS"``.
+
+        Each letter names the world direction the i, j or k axis points to (for an oblique
+        affine, the closest one).
+        """
+        return "".join(aff2axcodes(self.affine))
+
+    def __repr__(self) -> str:
+        spacing = ", ".join(f"{s:g}" for s in self.spacing)
+        return (
+            f"Volume(source={self.source!r}, shape={self.shape}, spacing=({spacing}), "
+            f"orientation={self.orientation!r}, notes={len(self.notes)})"
+        )
+
+
+def lps_geometry(affine: np.ndarray) -> tuple[list[float], list[float], list[float]]:
+    """SimpleITK (LPS) spacing, row-major direction and origin of a RAS affine."""
+    affine_lps = LPS_TO_RAS @ affine
+    spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
+    direction = affine_lps[:3, :3] / spacing
+    return spacing.tolist(), direction.ravel().tolist(), affine_lps[:3, 3].tolist()
+
+
+def as_3d(data: np.ndarray, source: str) -> np.ndarray:
+    """Drop trailing length-1 axes beyond the third; reject 2-D and multi-volume data."""
+    shape = data.shape
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim > 3:
+        raise read_error(source, f"{len(shape)}-D image of shape {shape} "
+                         f"({int(np.prod(shape[3:]))} volumes)",
+                         "volqa compares single 3-D volumes: extract one volume first")
+    if data.ndim < 3 or 1 in data.shape:
+        raise read_error(source, f"2-D image of shape {shape}; volqa needs a 3-D volume",
+                         "for a DICOM slice, give the folder holding the whole series")
+    return data
+
+
+def check_finite(volume: Volume) -> None:
+    """Refuse NaN and Inf voxels (volqa does not guess values)."""
+    nan = int(np.isnan(volume.array).sum())
+    inf = int(np.isinf(volume.array).sum())
+    if nan or inf:
+        raise read_error(volume.source, f"{nan} NaN and {inf} Inf voxels (of "
+                         f"{volume.array.size}; values beyond the float32 range count as Inf)",
+                         "volqa does not guess values: fix or replace them and save again")

@@ -1,0 +1,228 @@
+"""The Python API of the pipeline: :func:`score_pair` and :func:`score_manifest`.
+
+Both take the run's settings either as objects (``settings=Settings(...)``,
+``execution=Execution(...)``) or as keyword options (``win_size=7, device="cpu"``; the names
+of :meth:`volqa.Settings.from_options` and :meth:`volqa.Execution.from_options`), or both:
+options then override the objects. An unknown option name is a ``TypeError``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import inspect
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import __version__
+from ..errors import SettingsError
+from ..execution import Execution
+from ..io.journal import JOURNAL_NAME, load_journal
+from ..io.manifest import missing_files, read_manifest
+from ..io.outdir import SETTINGS_NAME, prepare_out_dir, read_json, write_json
+from ..schema import output_columns
+from ..settings import SETTINGS_FORMAT, Settings
+from .batch import Batch
+from .executors import Executor
+from .progress import printable, warn
+from .resume import plan_resume
+from .row import RowFailure, RowJob, RowScorer
+
+__all__ = ["score_pair", "score_manifest"]
+
+
+def score_pair(
+    reference: Any,
+    test: Any,
+    mask: Any = None,
+    *,
+    settings: Settings | None = None,
+    execution: Execution | None = None,
+    scorer: RowScorer | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Score one reconstruction against its reference.
+
+    Parameters
+    ----------
+    reference, test : str, PathLike or volqa.io.Volume
+        Ground truth and reconstruction (NIfTI, MHA/MHD/NRRD, DICOM file or folder,
+        ``"folder#<SeriesInstanceUID>"``).
+    mask : str, PathLike or Volume, optional
+        Binary or label mask (inside = non-zero) in the reference's geometry.
+    settings, execution : Settings, Execution, optional
+        The run's settings (default: volqa's defaults).
+    scorer : RowScorer, optional
+        Replaces the row scorer (to observe or fake the engine).
+    **options
+        Settings and Execution options, e.g. ``metrics="ssim,psnr"``, ``normalize="none"``,
+        ``data_range=4024``, ``preset="skimage"``, ``win_size=7``, ``ssim_2d=0``,
+        ``resample=True``, ``device="cpu"``, ``max_memory="512M"``. Default metrics: ``ssim,
+        psnr, nrmse, mae, mse`` plus ``ssim_masked`` when there is a mask.
+
+    Returns
+    -------
+    dict
+        The metrics, ``shape``, ``spacing`` (mm), ``data_range``, the setting columns
+        (``normalize, window, win_size, sigma, covariance, border, preset, k1, k2``),
+        ``reoriented``, ``resampled``, ``device``, ``seconds``, ``notes``, ``volqa_version``.
+
+    Raises
+    ------
+    SettingsError
+        Invalid options.
+    InputError, GeometryError
+        A volume cannot be read or used; the message names the file.
+    """
+    s_opts, e_opts = split_options(options)
+    s = Settings.from_options(settings, **s_opts).for_manifest(mask is not None)
+    ex = Execution.from_options(execution, **e_opts)
+    ex.resolved_device()
+    scorer = scorer or RowScorer()
+    job = RowJob(0, "(pair)", reference, test, mask)
+    try:
+        fields = scorer.finish(scorer.prepare(job, s), s, ex).fields
+    except RowFailure as failure:
+        raise failure.cause from None
+    row = s.columns()
+    row.update(fields)
+    keys = [c.name for c in output_columns([], s.metrics or ())
+            if c.name not in ("status", "error", "ssim_map")]
+    return {k: row.get(k) for k in keys if k in row}
+
+
+def score_manifest(
+    path: str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    settings: Settings | None = None,
+    execution: Execution | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    fail_fast: bool = False,
+    strict: bool = False,
+    progress: bool = False,
+    scorer: RowScorer | None = None,
+    executor: Executor | None = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """Score every row of a manifest; one output row per manifest row, in manifest order.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The manifest CSV (see :mod:`volqa.io.manifest`).
+    out : str or PathLike, optional
+        Output folder for ``settings.json``, ``journal.jsonl``, ``results.csv``,
+        ``results.parquet`` and ``maps/``. Without it nothing is written (and ``resume`` and
+        ``save_maps`` are unavailable).
+    settings, execution, **options
+        As in :func:`score_pair`. ``ssim_masked`` is in the default metrics when the manifest
+        has a ``mask`` column (rows without a mask get an empty value); ``save_maps=True``
+        writes each SSIM map to ``out/maps/`` as NIfTI in the reference's geometry, NaN where
+        the window does not fit; ``workers`` read the next rows in background threads.
+    resume : bool, default False
+        Continue the batch in ``out``: the settings come from ``out/settings.json``, options
+        given here override them (rows whose settings then differ are computed again, and
+        the report says so); rows of ``out/journal.jsonl`` that finished ``ok`` with the same
+        subject, inputs and settings are reused.
+    overwrite : bool, default False
+        Start again in a non-empty ``out`` (deletes volqa's own files there only).
+    fail_fast : bool, default False
+        Stop after the first failed row (the finished rows are still written).
+    strict : bool, default False
+        A missing input file is a manifest error (nothing scored) instead of a failed row.
+    progress : bool, default False
+        Progress bar and warnings (missing files, what resume reuses) on stderr.
+    scorer, executor : optional
+        Replace the row scorer or the executor (default: read-ahead threads).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The finished rows; ``status`` is ``"ok"`` or ``"error"``. ``attrs["volqa"]`` holds
+        the run's metadata (settings, counts, what resume reused).
+
+    Raises
+    ------
+    ManifestError
+        The manifest is invalid (nothing scored, nothing written).
+    SettingsError
+        Invalid options, or ``out`` is not empty and neither ``resume`` nor ``overwrite``.
+    BatchInterrupted
+        SIGINT/SIGTERM; the finished rows were written first.
+    """
+    manifest = read_manifest(path, strict=strict)
+    s_opts, e_opts = split_options(options)
+    if out is None and (resume or overwrite or s_opts.get("save_maps")):
+        raise SettingsError("resume, overwrite and save_maps need an output folder (out=...).")
+    out_dir = prepare_out_dir(out, resume=resume, overwrite=overwrite) if out else None
+    stored = _stored_settings(out_dir) if resume and out_dir is not None else None
+    s = Settings.from_options(settings or stored, **s_opts).for_manifest(manifest.has_mask)
+    ex = Execution.from_options(execution, **e_opts)
+    ex.resolved_device()
+    changed = s.differences(stored) if stored is not None else []
+
+    journal = load_journal(out_dir / JOURNAL_NAME) if resume and out_dir is not None else {}
+    plan = plan_resume(manifest.rows, journal, s.hash())
+    meta = {
+        "format": SETTINGS_FORMAT, "volqa_version": __version__, "manifest": str(manifest.path),
+        "manifest_sha256": hashlib.sha256(manifest.path.read_bytes()).hexdigest(),
+        "settings": s.as_dict(), "settings_hash": s.hash(), "execution": ex.as_dict(),
+        "resume": {"reused": len(plan.reused), "computed": len(plan.todo),
+                   "reasons": dict(plan.reasons), "settings_changed": changed} if resume else None,
+    }
+    if out_dir is not None:
+        write_json(out_dir / SETTINGS_NAME, {k: v for k, v in meta.items() if k != "resume"})
+    if progress:
+        warn(missing_files(manifest))
+        if resume:
+            why = f"; settings changed: {', '.join(changed)}" if changed else ""
+            sys.stderr.write(f"volqa: resuming in {printable(str(out_dir))}: "
+                             f"{plan.describe()}{why}\n")
+    batch = Batch(manifest, s, ex, plan, out_dir, fail_fast, progress, scorer, executor, meta)
+    return batch.run()
+
+
+def _stored_settings(out_dir: Path) -> Settings | None:
+    data = read_json(out_dir / SETTINGS_NAME)
+    if data is None:
+        return None
+    if data.get("format") != SETTINGS_FORMAT or "settings" not in data:
+        raise SettingsError(f"{str(out_dir / SETTINGS_NAME)!r} was written by another volqa "
+                            f"version ({data.get('volqa_version')}); use --overwrite or "
+                            "another --out")
+    return Settings.from_dict(data["settings"])
+
+
+def _option_names(method: Any) -> tuple[str, ...]:
+    params = inspect.signature(method).parameters.values()
+    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+SETTINGS_OPTIONS = _option_names(Settings.from_options)
+EXECUTION_OPTIONS = _option_names(Execution.from_options)
+
+
+def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sort keyword options into (Settings options, Execution options).
+
+    Raises
+    ------
+    TypeError
+        An unknown name, with the closest known one.
+    """
+    known = SETTINGS_OPTIONS + EXECUTION_OPTIONS
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"unexpected keyword argument {name!r}{hint} (options: "
+                            f"{', '.join(known)})")
+    return ({k: v for k, v in options.items() if k in SETTINGS_OPTIONS},
+            {k: v for k, v in options.items() if k in EXECUTION_OPTIONS})

@@ -1,0 +1,272 @@
+"""One row: read -> align -> normalise -> metrics -> fields. No batch, no globals, picklable.
+
+:class:`RowScorer` scores a :class:`RowJob` under a :class:`~volqa.Settings` and an
+:class:`~volqa.Execution` in two stages, so that an executor can overlap them:
+
+- :meth:`RowScorer.prepare` reads the volumes (:mod:`volqa.io`), puts test and mask on the
+  reference's grid (:mod:`.geometry`), normalises (:mod:`.normalize`) and computes the
+  CPU metrics of the registry;
+- :meth:`RowScorer.finish` computes the engine metrics on the chosen device under the
+  out-of-memory policy (:mod:`.devices`) and writes the SSIM map when asked.
+
+Both raise :class:`RowFailure`, whose message names the subject, the file and the cause;
+:meth:`RowScorer.score` turns a failure into an ``error`` row. A volqa error
+(:class:`~volqa.errors.VolqaError`) gives its message; any other exception is a bug and is
+recorded with its type name. Subclass :class:`RowScorer` and override
+:meth:`~RowScorer.engine_metrics` to observe or replace the engine (tests do).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import SettingsError, VolqaError
+from ..execution import Execution
+from ..io.volume import Volume
+from ..schema import METRICS
+from ..settings import Settings
+from .context import PairContext
+from .devices import run_with_oom_fallback
+
+__all__ = ["RowJob", "RowResult", "Prepared", "EngineResult", "RowFailure", "RowScorer"]
+
+Source = str | os.PathLike[str] | Volume
+
+
+@dataclass(frozen=True)
+class RowJob:
+    """One pair to score (what an executor sends to a worker).
+
+    Attributes
+    ----------
+    index : int
+        Position in the manifest (0 for a single pair).
+    subject_id : str
+    reference, test : str, PathLike or Volume
+    mask : str, PathLike, Volume or None
+    map_path : str or None
+        Where to write the SSIM map (``--save-maps``); None writes none.
+    """
+
+    index: int
+    subject_id: str
+    reference: Source
+    test: Source
+    mask: Source | None = None
+    map_path: str | None = None
+
+    def files(self) -> dict[str, str]:
+        """``role -> path`` for messages."""
+        def name(v: Any) -> str:
+            if isinstance(v, Volume):
+                return v.source
+            return os.fspath(v) if isinstance(v, str | os.PathLike) else f"<{type(v).__name__}>"
+        return {role: name(v) for role, v in (("reference", self.reference), ("test", self.test),
+                                               ("mask", self.mask)) if v is not None}
+
+
+@dataclass
+class RowResult:
+    """The computed fields of one row (status, error, metrics, row facts, notes, ...)."""
+
+    index: int
+    fields: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.fields.get("status") == "ok"
+
+
+@dataclass
+class Prepared:
+    """A row after :meth:`RowScorer.prepare`: the normalised pair and what is known so far."""
+
+    job: RowJob
+    reference: Volume  # its geometry is needed for --save-maps
+    ref: np.ndarray
+    test: np.ndarray
+    mask: np.ndarray | None
+    data_range: float
+    fields: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class EngineResult:
+    """What :meth:`RowScorer.engine_metrics` returns."""
+
+    values: dict[str, float | None]
+    notes: list[str] = field(default_factory=list)
+    map: np.ndarray | None = None  # float32 SSIM map (engine shape) when asked for
+
+
+class RowFailure(Exception):
+    """A row could not be scored; ``str()`` is the row's message, ``cause`` the original error.
+
+    ``fields`` and ``notes`` hold what was known before the failure (shape, spacing, ...).
+    """
+
+    def __init__(self, message: str, cause: BaseException, fields: Mapping[str, Any] = (),
+                 notes: list[str] | None = None, seconds: float = 0.0) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.fields = dict(fields)
+        self.notes = list(notes or [])
+        self.seconds = seconds
+
+
+def _message(job: RowJob, role: str | None, exc: BaseException) -> str:
+    files = job.files()
+    msg = str(exc) if isinstance(exc, VolqaError) else f"{type(exc).__name__}: {exc}"
+    head = f"subject {job.subject_id!r}"
+    if role is not None and files.get(role) and files[role] not in msg:
+        head += f", {role} {files[role]!r}"
+    elif role is None and not any(p in msg for p in files.values() if p):
+        head += " (" + ", ".join(f"{r} {p!r}" for r, p in files.items() if p) + ")"
+    return f"{head}: {msg}"
+
+
+def _read(source: Source, role: str) -> Volume:
+    from ..io.readers import read_volume
+
+    if isinstance(source, Volume):
+        return source
+    if isinstance(source, str | os.PathLike):
+        return read_volume(source)
+    raise SettingsError(f"{role} must be a path or a volqa.io.Volume; got {type(source).__name__}.")
+
+
+def _selected(settings: Settings) -> list[Any]:
+    if settings.metrics is None:
+        raise SettingsError("the metric set is not resolved: use Settings.for_manifest()")
+    return [METRICS[m] for m in settings.metrics]
+
+
+class RowScorer:
+    """Scores rows; stateless, so one instance serves every thread or worker process."""
+
+    def score(self, job: RowJob, settings: Settings, execution: Execution) -> RowResult:
+        """Both stages; a failure becomes an ``error`` row (never raises for a bad row)."""
+        try:
+            return self.finish(self.prepare(job, settings), settings, execution)
+        except RowFailure as failure:
+            return self.failed(job, failure)
+
+    def failed(self, job: RowJob, failure: RowFailure) -> RowResult:
+        """The ``error`` row for a failure (no metric, not even those already computed)."""
+        fields = {k: v for k, v in failure.fields.items() if k not in METRICS}
+        fields.update(status="error", error=str(failure), seconds=failure.seconds,
+                      notes="; ".join(failure.notes) or None, volqa_version=__version__)
+        return RowResult(job.index, fields)
+
+    def prepare(self, job: RowJob, settings: Settings) -> Prepared:
+        """Read, align, normalise and compute the CPU metrics of one row.
+
+        Raises
+        ------
+        RowFailure
+        """
+        from .geometry import align_to_reference
+        from .masks import binarize_mask
+        from .normalize import normalize
+
+        t0 = time.perf_counter()
+        fields: dict[str, Any] = {}
+        notes: list[str] = []
+        role: str | None = "reference"
+        try:
+            ref_v = _read(job.reference, "reference")
+            fields["shape"] = "x".join(str(n) for n in ref_v.shape)
+            fields["spacing"] = "x".join(f"{s:g}" for s in ref_v.spacing)
+            role = "test"
+            test_v = _read(job.test, "test")
+            mask_v = None
+            if job.mask is not None:
+                role = "mask"
+                mask_v = _read(job.mask, "mask")
+            role = None
+            test_v, mask_v, alignment = align_to_reference(ref_v, test_v, mask_v,
+                                                           resample=settings.resample)
+            fields["reoriented"] = alignment.reoriented or None
+            fields["resampled"] = alignment.resampled
+            for r, v in (("reference", ref_v), ("test", test_v), ("mask", mask_v)):
+                if v is not None:
+                    notes.extend(f"{r}: {n}" for n in v.notes)
+            mask = None
+            if mask_v is not None:
+                role = "mask"
+                mask, note = binarize_mask(mask_v.array, source=mask_v.source)
+                if note:
+                    notes.append(note)
+            role = "reference"
+            norm = normalize(ref_v.array, test_v.array, settings)
+            role = None
+            fields["data_range"] = norm.data_range
+            ctx = PairContext(norm.reference, norm.test, mask, norm.data_range, settings)
+            fields.update(ctx.compute(m for m in _selected(settings) if not m.engine))
+            notes.extend(ctx.notes)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the row's error
+            raise RowFailure(_message(job, role, exc), exc, fields, notes,
+                             time.perf_counter() - t0) from exc
+        return Prepared(job, ref_v, norm.reference, norm.test, mask, norm.data_range, fields,
+                        notes, time.perf_counter() - t0)
+
+    def finish(self, p: Prepared, settings: Settings, execution: Execution) -> RowResult:
+        """Engine metrics under the out-of-memory policy, then the map (``ok`` row).
+
+        Raises
+        ------
+        RowFailure
+        """
+        t0 = time.perf_counter()
+        keep_map = p.job.map_path is not None
+        fields = dict(p.fields)
+        notes = list(p.notes)
+        try:
+            result, device, retries = run_with_oom_fallback(
+                lambda dev, budget: self.engine_metrics(p, settings, dev, budget, keep_map),
+                execution.resolved_device(), execution.max_memory)
+        except Exception as exc:  # noqa: BLE001 - recorded in the row
+            raise RowFailure(_message(p.job, None, exc), exc, fields, notes,
+                             p.seconds + time.perf_counter() - t0) from exc
+        notes += retries + result.notes
+        fields.update(result.values, status="ok", error=None, device=device)
+        if keep_map and result.map is not None:
+            try:
+                _save_map(result.map, p.reference, Path(p.job.map_path))  # type: ignore[arg-type]
+                fields["ssim_map"] = p.job.map_path
+            except OSError as exc:  # the metrics stand; only the map is missing
+                notes.append(f"SSIM map not saved to {p.job.map_path}: "
+                             f"{exc.strerror or exc}")
+        fields["seconds"] = p.seconds + (time.perf_counter() - t0)
+        fields["notes"] = "; ".join(notes) or None
+        fields["volqa_version"] = __version__
+        return RowResult(p.job.index, fields)
+
+    def engine_metrics(self, p: Prepared, settings: Settings, device: str,
+                       max_memory: int | None, keep_map: bool) -> EngineResult:
+        """The registry's engine metrics of a prepared pair on ``device`` (one attempt)."""
+        ctx = PairContext(p.ref, p.test, p.mask, p.data_range, settings, device=device,
+                          max_memory=max_memory, keep_map=keep_map)
+        values = ctx.compute(m for m in _selected(settings) if m.engine)
+        return EngineResult(values, ctx.notes, ctx.ssim_map() if keep_map else None)
+
+
+def _save_map(smap: np.ndarray, reference: Volume, path: Path) -> None:
+    """Write the map NaN-padded to the reference shape, in the reference's geometry."""
+    from ..engine.tiling import map_region
+    from ..io.nifti import write_nifti
+
+    full = np.full(reference.shape, np.nan, dtype=np.float32)
+    full[map_region(reference.shape, smap.shape)] = smap
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_nifti(full, reference, path)
