@@ -190,7 +190,7 @@ def report(title: str, rows: list[dict]) -> None:
 
 def check_512(device: str, budget: int | None) -> None:
     """512^3 under a byte budget, and chunked == unchunked on a 512x512x40 crop."""
-    from volqa.ssim import default_max_memory
+    from volqa.engine import default_max_memory
 
     import volqa
 

@@ -60,6 +60,7 @@ import argparse
 import csv
 import itertools
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -384,6 +385,11 @@ def main(argv: list[str] | None = None) -> None:
         )
     for key, path in paths.items():
         check_round_trip(path, volumes[key.removeprefix("dicom:")], affine)
+    # the demo's default target ships inside the package (an installed volqa has no data/)
+    packaged = REPO_ROOT / "volqa" / "demo" / "data" / "phantom_gt.nii.gz"
+    if out == (REPO_ROOT / "data" / "example").resolve():
+        packaged.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(paths["gt"], packaged)
 
     def rel(key: str) -> str:
         return Path(os.path.relpath(paths[key], manifest.parent)).as_posix() if key else ""

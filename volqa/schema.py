@@ -102,8 +102,9 @@ class Metric:
         An :class:`~volqa.errors.InputError` from ``compute`` (the metric is undefined for this
         pair, e.g. NRMSE of a constant reference) leaves the cell empty with a note instead of
         failing the row.
-    requires : str, optional
-        A ``Settings`` attribute that must be set for this metric (``ssim_2d`` needs its axis).
+    requires : (str, str), optional
+        A ``Settings`` attribute that must be set for this metric, and how to set it (for the
+        error message); ``ssim_2d`` needs its slice axis.
     unit : str
     dtype : str
     """
@@ -116,7 +117,7 @@ class Metric:
     higher_is_better: bool = True
     engine: bool = False
     undefined_ok: bool = False
-    requires: str | None = None
+    requires: tuple[str, str] | None = None
     unit: str = ""
     dtype: str = "float64"
 
@@ -229,7 +230,8 @@ METRICS = MetricRegistry([
            "voxels it covers (map computed on the real images)", needs_mask=True,
            default=True, engine=True),
     Metric("ssim_2d", lambda c: c.ssim_2d(), "mean 2-D SSIM over the slices along voxel "
-           "axis --ssim-2d AXIS", engine=True, requires="ssim_2d"),
+           "axis --ssim-2d AXIS", engine=True,
+           requires=("ssim_2d", "the slice axis: --ssim-2d AXIS (ssim_2d=0)")),
     *_voxelwise("psnr", "10 log10(L^2 / MSE) in dB; inf for identical images",
                 lambda e, c: e.psnr(c.data_range), higher=True, default=True, unit="dB"),
     *_voxelwise("nrmse", "RMSE / (max - min of the reference)", lambda e, c: e.nrmse(),

@@ -161,9 +161,8 @@ class Settings:
             chosen.append("ssim_2d")
         for name in chosen:
             needs = METRICS[name].requires
-            if needs == "ssim_2d" and self.ssim_2d is None:
-                raise SettingsError(f"metric {name!r} needs the slice axis: --ssim-2d AXIS "
-                                    "(ssim_2d=0).")
+            if needs is not None and getattr(self, needs[0]) is None:
+                raise SettingsError(f"metric {name!r} needs {needs[1]}.")
         return METRICS.ordered(chosen)
 
     # -- building -----------------------------------------------------------------------------
