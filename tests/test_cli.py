@@ -50,16 +50,19 @@ def test_bundled_manifest_end_to_end(tmp_path: Path) -> None:
         assert df[col].fillna("").tolist() == [r[col] for r in rows]
     expected = manifest_cols + [
         "status", "error", "ssim", "ssim_masked", "psnr", "nrmse", "mae", "mse", "shape",
-        "spacing", "data_range", "normalize", "window", "win_size", "sigma", "covariance",
-        "border", "preset", "k1", "k2", "reoriented", "resampled", "device", "seconds",
-        "notes", "volqa_version",
+        "spacing", "data_range", "norm_offset", "norm_scale", "norm_clip_low", "norm_clip_high",
+        "normalize", "data_range_fixed", "percentile_low", "percentile_high",
+        "intensity_window_level", "intensity_window_width", "ssim_preset", "ssim_window",
+        "ssim_win_size", "ssim_sigma", "ssim_covariance", "ssim_border", "ssim_k1", "ssim_k2",
+        "ssim_slices", "ssim_2d_axis", "resample", "reoriented", "resampled", "device",
+        "seconds", "notes", "volqa_version",
     ]  # fmt: skip
     assert list(df.columns) == expected
     schema = table.schema
-    for col in ("ssim", "ssim_masked", "psnr", "nrmse", "mae", "mse", "data_range", "sigma",
-                "k1", "k2", "seconds"):
+    for col in ("ssim", "ssim_masked", "psnr", "nrmse", "mae", "mse", "data_range",
+                "ssim_sigma", "ssim_k1", "ssim_k2", "seconds", "norm_offset", "norm_scale"):
         assert str(schema.field(col).type) == "double", col
-    assert str(schema.field("win_size").type) == "int64"
+    assert str(schema.field("ssim_win_size").type) == "int64"
     assert str(schema.field("resampled").type) == "bool"
     for col in ("status", "error", "shape", "device", *manifest_cols):
         assert str(schema.field(col).type) == "string", col
@@ -101,7 +104,7 @@ def test_parquet_metadata_holds_the_settings(tmp_path: Path) -> None:
     assert s["ssim_2d_axis"] == 2 and "ssim_2d" in s["metrics"]
     assert meta["volqa_version"] == volqa.__version__ and meta["rows_ok"] == 2
     df = pd.read_parquet(out / "results.parquet")
-    assert df["ssim_2d"].notna().all() and set(df["preset"]) == {"skimage"}
+    assert df["ssim_2d"].notna().all() and set(df["ssim_preset"]) == {"skimage"}
 
 
 def test_identical_pair_writes_inf(tmp_path: Path) -> None:

@@ -115,5 +115,8 @@ FailFastOpt = Annotated[bool, typer.Option(
 StrictOpt = Annotated[bool, typer.Option(
     "--strict", help="A listed file that does not exist is a manifest error (exit 2, nothing "
     "scored) instead of a failed row.")]
+GroupByOpt = Annotated[str | None, typer.Option(
+    "--group-by", metavar="COLUMN", help="Summarise each value of this manifest column (e.g. "
+    "method) on its own at the end (default: all rows together).", show_default=False)]
 ProgressOpt = Annotated[bool, typer.Option(
     "--progress/--no-progress", help="Progress bar on stderr.")]

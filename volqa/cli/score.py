@@ -25,6 +25,7 @@ from .options import (
     Device,
     DeviceOpt,
     FailFastOpt,
+    GroupByOpt,
     IntensityWindowOpt,
     K1Opt,
     K2Opt,
@@ -56,7 +57,8 @@ EPILOG = ("Exit status: 0 every row scored; 1 some rows failed (the others are i
 
 # command-line parameter -> option name of Settings/Execution.from_options
 _RENAMED = {"ssim_window": "window"}
-_RUN_CONTROL = {"manifest", "out", "resume", "overwrite", "fail_fast", "strict", "progress"}
+_RUN_CONTROL = {"manifest", "out", "resume", "overwrite", "fail_fast", "strict", "progress",
+                "group_by"}
 
 
 def score(
@@ -86,10 +88,12 @@ def score(
     overwrite: OverwriteOpt = False,
     fail_fast: FailFastOpt = False,
     strict: StrictOpt = False,
+    group_by: GroupByOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Score every reference/test pair of MANIFEST; write OUT/results.csv and .parquet."""
     from ..errors import ManifestError, SettingsError
+    from ..io.manifest import read_manifest
     from ..pipeline import BatchInterrupted, score_manifest
     from ..pipeline.summary import summarize
     from ..schema import METRICS
@@ -103,9 +107,13 @@ def score(
         given["intensity_window"] = pair(given["intensity_window"], "--window LEVEL,WIDTH")
     options = {_RENAMED.get(k, k): v for k, v in given.items()}
     resume_argv = ["volqa", "score", str(manifest), "--out", str(out), "--resume"]
+    command = shlex.join(["volqa", "score", *_argv(ctx)])
     try:
+        if group_by is not None:
+            _check_group_by(read_manifest(manifest).columns, group_by)
         frame = score_manifest(manifest, out=out, resume=resume, overwrite=overwrite,
-                               fail_fast=fail_fast, strict=strict, progress=progress, **options)
+                               fail_fast=fail_fast, strict=strict, progress=progress,
+                               command=command, **options)
     except (ManifestError, SettingsError) as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
@@ -113,7 +121,7 @@ def score(
         rows = [] if stop.results is None else stop.results.to_dict("records")
         names = [m for m in METRICS.names() if stop.results is not None
                  and m in stop.results.columns]
-        typer.echo(summarize(rows, names, total=stop.total))
+        typer.echo(summarize(rows, names, total=stop.total, group_by=group_by))
         name = signal.Signals(stop.signum).name
         _err(f"interrupted by {name} after {stop.done} of {stop.total} rows; the finished rows "
              f"are in {out}/results.csv and results.parquet. To continue, run:\n  "
@@ -122,13 +130,39 @@ def score(
     meta = frame.attrs["volqa"]
     typer.echo(summarize(frame.to_dict("records"),
                          [m for m in METRICS.names() if m in frame.columns],
-                         total=meta["rows_total"]))
+                         total=meta["rows_total"], group_by=group_by))
     typer.echo(f"wrote {out / 'results.csv'} and {out / 'results.parquet'}")
     if meta["rows_done"] < meta["rows_total"]:
         _err(f"stopped after the first failed row (--fail-fast): {meta['rows_done']} of "
              f"{meta['rows_total']} rows done; continue with:\n  " + shlex.join(resume_argv))
     if (frame["status"] != "ok").any():
         raise typer.Exit(1)
+
+
+def _check_group_by(columns: tuple[str, ...], group_by: str) -> None:
+    from ..errors import SettingsError
+
+    if group_by not in columns:
+        raise SettingsError(f"--group-by {group_by!r} is not a column of the manifest "
+                            f"(columns: {', '.join(columns)}).")
+
+
+def _argv(ctx: typer.Context) -> list[str]:
+    """The command's arguments as given (the manifest, then each option not defaulted)."""
+    argv = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        if name == "manifest":
+            argv.insert(0, str(ctx.params[name]))
+        elif _given(ctx, name):
+            value = _plain(ctx.params[name])
+            flag = max(param.opts, key=len)
+            if isinstance(value, bool):
+                secondary = max(getattr(param, "secondary_opts", []) or [""], key=len)
+                argv.append(flag if value else secondary or flag)
+            else:
+                argv += [flag, str(value)]
+    return argv
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -211,6 +211,7 @@ class RowScorer:
             norm = normalize(ref_v.array, test_v.array, settings)
             role = None
             fields["data_range"] = norm.data_range
+            fields.update(norm.fields())
             ctx = PairContext(norm.reference, norm.test, mask, norm.data_range, settings)
             fields.update(ctx.compute(m for m in _selected(settings) if not m.engine))
             notes.extend(ctx.notes)
