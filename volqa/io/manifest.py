@@ -25,10 +25,10 @@ Validation is about the manifest's *structure* and happens before any subject is
 not UTF-8, not a CSV, no data rows, missing or duplicated columns, columns that collide with
 volqa's output columns, empty required cells, rows with the wrong number of fields, duplicate
 ``(subject_id, test)`` pairs, and cells that do not fit a declared covariate type. Every problem
-is collected into one :class:`~volqa.errors.ManifestError`. A listed file that does not exist is *not* a manifest
-error by default (the row fails and the batch goes on); :func:`missing_files` lists them all
-for a pre-flight warning, and ``strict=True`` in :func:`read_manifest` turns them into
-manifest errors.
+is collected into one :class:`~volqa.errors.ManifestError`. A listed file that does not exist
+is *not* a manifest error by default (the row fails and the batch goes on);
+:func:`missing_files` lists them all for a pre-flight warning, and ``strict=True`` in
+:func:`read_manifest` turns them into manifest errors.
 """
 
 from __future__ import annotations
