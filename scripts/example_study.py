@@ -1,4 +1,4 @@
-"""The bundled example study: 8 phantom subjects x 3 reconstruction methods (``data/example/study``).
+"""The bundled example study: 8 phantom subjects x 3 reconstructions (``data/example/study``).
 
 Used by ``scripts/make_example_data.py`` (run that; this module only builds the volumes).
 

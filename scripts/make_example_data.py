@@ -19,8 +19,9 @@ Ground truth
     ``phantom_gt.nii.gz`` — a 3-D Shepp–Logan-style head (ten ellipsoids defined below, with
     intensities changed to a T1-like contrast: scalp/skull 0.9, brain 0.5, ventricles 0.15,
     small structures 0.65–0.75), sampled 2×2×2 per voxel for partial-volume edges and modulated
-    by a smooth tissue texture (5 % standard deviation). Grid 64 × 64 × 48 voxels, spacing (1.0, 1.0, 1.5) mm, RAS+
-    axes (identity direction), centred on the world origin, float32, values in [0, 1].
+    by a smooth tissue texture (5 % standard deviation). Grid 64 × 64 × 48 voxels, spacing
+    (1.0, 1.0, 1.5) mm, RAS+ axes (identity direction), centred on the world origin, float32,
+    values in [0, 1].
     ``phantom_gt_dicom/`` holds the same volume as a DICOM series (48 files).
 ``phantom_head_mask.nii.gz``
     The outer ellipsoid (whole head) at voxel centres, uint8 0/1.
