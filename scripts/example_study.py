@@ -6,13 +6,13 @@ Subjects
     ``sub-01`` .. ``sub-08``: the head phantom of ``make_example_data.py`` with anatomy drawn per
     subject (head size x0.92–1.05, ventricles x0.7–1.4, structures shifted by up to 1.5 mm, own
     tissue texture), on a 48 x 48 x 32 grid of 1.25 x 1.25 x 2 mm. Subjects 1–4 come from
-    site ``A``, 5–8 from site ``B``, whose scanner is noisier (k-space noise σ 0.05 vs 0.02 per
+    site ``A``, 5–8 from site ``B``, whose scanner is noisier (k-space noise σ 0.09 vs 0.02 per
     channel, on an image in [0, 1]). ``sub-XX_mask.nii.gz`` is the head (uint8).
 
 Reconstructions, from the same 4x undersampled noisy k-space per subject (lines along j with a
 fully sampled centre, as in ``make_example_data.line_mask``; a new mask per subject)
     ``zero_filled``  magnitude of the inverse FFT of the sampled lines (aliasing, noise);
-    ``zf_smoothed``  the same, smoothed with a Gaussian of σ 0.8 mm (less noise, but blurred
+    ``zf_smoothed``  the same, smoothed with a Gaussian of σ 0.5 mm (less noise, but blurred
                      edges, and the aliasing stays);
     ``tv``           60 gradient steps (step 0.5) on ||A x - y||² / 2 + λ TV_ε(x), λ = 0.01,
                      ε = 0.02: data consistency with a smoothed total-variation penalty on the
@@ -45,9 +45,9 @@ SPACING = (1.25, 1.25, 2.0)
 SUBJECTS = tuple(f"sub-{i:02d}" for i in range(1, 9))
 METHODS = ("zero_filled", "zf_smoothed", "tv")
 ACCELERATION = 4
-NOISE = {"A": 0.02, "B": 0.05}
+NOISE = {"A": 0.02, "B": 0.09}
 QUANTUM = 2.0**-10
-SMOOTH_MM = 0.8
+SMOOTH_MM = 0.5
 TV_STEPS, TV_STEP, TV_LAMBDA, TV_EPS = 60, 0.5, 0.01, 0.02
 MANIFEST_COLUMNS = ("subject_id", "reference", "test", "mask", "method", "site", "acceleration")
 

@@ -63,9 +63,10 @@ def _root(
 
 
 def _register() -> None:
-    from . import demo, score
+    from . import compare, demo, score
 
     app.command("score", cls=Command, epilog=score.EPILOG)(score.score)
+    app.command("compare", cls=Command, epilog=compare.EPILOG)(compare.compare)
     app.add_typer(demo.demo_app, name="demo")
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import shlex
 import signal
-from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -48,7 +46,10 @@ from .options import (
     StrictOpt,
     WinSizeOpt,
     WorkersOpt,
+    command_line,
+    given,
     pair,
+    plain,
 )
 
 EPILOG = ("Exit status: 0 every row scored; 1 some rows failed (the others are in the tables); "
@@ -98,16 +99,17 @@ def score(
     from ..pipeline.summary import summarize
     from ..schema import METRICS
 
-    given = {name: _plain(value) for name, value in ctx.params.items()
-             if name not in _RUN_CONTROL
-             and _given(ctx, name)}
-    if "percentiles" in given:
-        given["percentiles"] = pair(given["percentiles"], "--percentiles LOW,HIGH")
-    if "intensity_window" in given:
-        given["intensity_window"] = pair(given["intensity_window"], "--window LEVEL,WIDTH")
-    options = {_RENAMED.get(k, k): v for k, v in given.items()}
+    options_given = {name: plain(value) for name, value in ctx.params.items()
+                     if name not in _RUN_CONTROL and given(ctx, name)}
+    if "percentiles" in options_given:
+        options_given["percentiles"] = pair(options_given["percentiles"],
+                                            "--percentiles LOW,HIGH")
+    if "intensity_window" in options_given:
+        options_given["intensity_window"] = pair(options_given["intensity_window"],
+                                                 "--window LEVEL,WIDTH")
+    options = {_RENAMED.get(k, k): v for k, v in options_given.items()}
     resume_argv = ["volqa", "score", str(manifest), "--out", str(out), "--resume"]
-    command = shlex.join(["volqa", "score", *_argv(ctx)])
+    command = command_line(ctx)
     try:
         if group_by is not None:
             _check_group_by(read_manifest(manifest).columns, group_by)
@@ -145,34 +147,6 @@ def _check_group_by(columns: tuple[str, ...], group_by: str) -> None:
     if group_by not in columns:
         raise SettingsError(f"--group-by {group_by!r} is not a column of the manifest "
                             f"(columns: {', '.join(columns)}).")
-
-
-def _argv(ctx: typer.Context) -> list[str]:
-    """The command's arguments as given (the manifest, then each option not defaulted)."""
-    argv = []
-    for param in ctx.command.params:
-        name = param.name or ""
-        if name == "manifest":
-            argv.insert(0, str(ctx.params[name]))
-        elif _given(ctx, name):
-            value = _plain(ctx.params[name])
-            flag = max(param.opts, key=len)
-            if isinstance(value, bool):
-                secondary = max(getattr(param, "secondary_opts", []) or [""], key=len)
-                argv.append(flag if value else secondary or flag)
-            else:
-                argv += [flag, str(value)]
-    return argv
-
-
-def _given(ctx: typer.Context, name: str) -> bool:
-    """True when the option was given (command line or environment), not defaulted."""
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-
-
-def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, Enum) else value
 
 
 def _err(message: str) -> None:

@@ -1,0 +1,244 @@
+"""``volqa compare``: descriptives, paired comparisons and rankings of methods from result tables.
+
+:func:`compare` runs the statistics of :mod:`.stats` and :mod:`.ranking` for every metric (and
+every value of the group column) of a :class:`~.load.Study`; :meth:`Comparison.write` writes
+``summary``, ``pairwise`` and ``ranking`` (CSV and Parquet each), ``long.parquet`` (one row per
+subject x method x metric with the covariates, for seaborn or lme4) and ``compare.json`` (the
+inputs, their provenance and the options) into a folder. Which direction is better comes from
+:data:`volqa.schema.METRICS` and is written into every table (``direction``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..errors import InputError
+from ..io.atomic import atomic_write_many
+from ..schema import HEAD_COLUMNS, METRICS, ROW_COLUMNS, SETTING_COLUMNS
+from .load import Study, load_results
+from .ranking import SCHEMES, Ranking, rank_methods
+from .stats import describe, pairwise, values_by_method
+
+__all__ = ["TESTS", "DEFAULT_N_BOOT", "Comparison", "compare"]
+
+TESTS = ("wilcoxon", "t")
+DEFAULT_N_BOOT = 1000
+OUTPUT_TABLES = ("summary", "pairwise", "ranking")
+
+
+@dataclass
+class Comparison:
+    """The results of :func:`compare`.
+
+    Attributes
+    ----------
+    study : Study
+    summary, pairwise, ranking, long : pandas.DataFrame
+        The tables written by :meth:`write` (columns in the module docstring of
+        :mod:`volqa.analysis`).
+    rankings : dict
+        ``(group, metric) -> (methods, [Ranking per scheme], n subjects)`` for the figures.
+    options : dict
+        What decided the statistics (baseline, test, n_boot, seed, alpha, ...).
+    notes : list of str
+        What was left out of a ranking and why.
+    """
+
+    study: Study
+    summary: pd.DataFrame
+    pairwise: pd.DataFrame
+    ranking: pd.DataFrame
+    long: pd.DataFrame
+    rankings: dict[tuple[Any, str], tuple[list[Any], list[Ranking], int]]
+    options: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def provenance(self) -> dict[str, Any]:
+        """The inputs (path, rows, volqa version, manifest, command, settings), the options,
+        the setting differences accepted, and this volqa's version."""
+        return {
+            "volqa_version": __version__,
+            "inputs": [{"path": str(t.path), "rows": t.rows,
+                        **{k: t.meta.get(k) for k in ("volqa_version", "manifest", "command",
+                                                      "settings", "settings_hash")}}
+                       for t in self.study.tables],
+            "options": self.options,
+            "settings_override": list(self.study.settings_override),
+            "notes": self.notes,
+        }
+
+    def write(self, out: str | os.PathLike[str]) -> list[Path]:
+        """Write the tables and ``compare.json`` into ``out`` (created), all or none."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        folder = Path(out)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create output folder {str(folder)!r}: "
+                             f"{exc.strerror or exc}; choose another --out.") from None
+        meta = {b"volqa": json.dumps(self.provenance(), default=str).encode()}
+        writers = {}
+        for name in OUTPUT_TABLES:
+            frame = self._with_override(getattr(self, name))
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+            writers[folder / f"{name}.csv"] = (lambda tmp, f=frame: f.to_csv(
+                tmp, index=False, lineterminator="\n"))
+            writers[folder / f"{name}.parquet"] = (lambda tmp, t=table: pq.write_table(t, tmp))
+        long = pa.Table.from_pandas(self._with_override(self.long), preserve_index=False)
+        long = long.replace_schema_metadata({**(long.schema.metadata or {}), **meta})
+        writers[folder / "long.parquet"] = lambda tmp: pq.write_table(long, tmp)
+        text = json.dumps(self.provenance(), indent=2, default=str) + "\n"
+        writers[folder / "compare.json"] = lambda tmp: Path(tmp).write_text(text, "utf-8")
+        atomic_write_many(writers)
+        return list(writers)
+
+    def _with_override(self, frame: pd.DataFrame) -> pd.DataFrame:
+        if not self.study.settings_override:
+            return frame
+        return frame.assign(settings_override="; ".join(self.study.settings_override))
+
+
+def _head(study: Study, group: Any, metric: str) -> dict[str, Any]:
+    head = {study.group: group} if study.group is not None else {}
+    head.update(metric=metric, direction=study.direction(metric))
+    return head
+
+
+def _ranking_records(study: Study, group: Any, metric: str, rows: pd.DataFrame,
+                     options: dict[str, Any], notes: list[str], store: dict) -> list[dict]:
+    table = values_by_method(rows, metric, study.by, study.subject, study.methods)
+    finite = table.apply(np.isfinite)
+    methods = [m for m in table.columns if finite[m].any()]
+    where = f"{metric}" + (f" ({study.group} {group})" if study.group is not None else "")
+    if len(methods) < 2:
+        notes.append(f"ranking of {where}: fewer than two methods have values; not ranked.")
+        return []
+    complete = finite[methods].all(axis=1)
+    if not complete.any():
+        notes.append(f"ranking of {where}: no subject has a value for every method; not "
+                     "ranked.")
+        return []
+    dropped = [str(s) for s in complete.index[~complete]]
+    if dropped:
+        notes.append(f"ranking of {where}: {len(dropped)} subject(s) without a value for "
+                     f"every method left out: {', '.join(dropped)}.")
+    values = table.loc[complete, methods].to_numpy()
+    rankings = rank_methods(values, higher_is_better=METRICS[metric].higher_is_better,
+                            n_boot=options["n_boot"], seed=options["seed"],
+                            test=options["test"], alpha=options["alpha"])
+    store[(group, metric)] = (methods, rankings, int(values.shape[0]))
+    records = []
+    for r in rankings:
+        shares = r.rank_shares()
+        tau = r.tau[np.isfinite(r.tau)]
+        tq = np.percentile(tau, [25, 50, 75]) if tau.size else (np.nan,) * 3
+        for i, method in enumerate(methods):
+            lo, mid, hi = np.percentile(r.boot_ranks[:, i], [2.5, 50, 97.5])
+            rec = {**_head(study, group, metric), "scheme": r.scheme, "method": method,
+                   "rank": int(r.rank[i]), "value": float(r.value[i]),
+                   "n": int(values.shape[0]), "boot_rank_median": float(mid),
+                   "boot_rank_low": float(lo), "boot_rank_high": float(hi)}
+            rec.update({f"share_rank_{k + 1}": float(shares[i, k]) for k in range(len(methods))})
+            rec.update(kendall_tau_median=float(tq[1]), kendall_tau_q1=float(tq[0]),
+                       kendall_tau_q3=float(tq[2]))
+            records.append(rec)
+    return records
+
+
+def _long(study: Study) -> pd.DataFrame:
+    fixed = {c.name for c in (*HEAD_COLUMNS, *ROW_COLUMNS, *SETTING_COLUMNS)} - {"error"}
+    keep = [c for c in study.frame.columns if c not in fixed and c not in METRICS
+            and not c.startswith("_")]
+    base = study.frame[keep + ["_ok"]]
+    parts = []
+    for metric in study.metrics:
+        part = base.assign(metric=metric, direction=study.direction(metric),
+                           unit=METRICS[metric].unit, value=study.frame[metric].astype(float))
+        part.loc[~part["_ok"], "value"] = np.nan
+        parts.append(part.drop(columns="_ok").assign(
+            status=study.frame.get("status", pd.Series("ok", study.frame.index))))
+    return pd.concat(parts, ignore_index=True)
+
+
+def compare(
+    results: Study | list[str | os.PathLike[str]],
+    *,
+    by: str = "method",
+    subject: str = "subject_id",
+    metrics: list[str] | None = None,
+    baseline: Any = None,
+    group: str | None = None,
+    test: str = "wilcoxon",
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+    alpha: float = 0.05,
+    allow_different_settings: bool = False,
+) -> Comparison:
+    """Descriptives, paired comparisons and rankings of the methods in result tables.
+
+    Parameters
+    ----------
+    results : Study or list of paths
+        Tables of ``volqa score`` (see :func:`volqa.analysis.load_results` for ``by``,
+        ``subject``, ``metrics``, ``group`` and ``allow_different_settings``).
+    baseline : optional
+        Compare every method with this one (default: every pair of methods).
+    test : {"wilcoxon", "t"}
+        Paired test: Wilcoxon signed-rank (effect: matched-pairs rank-biserial) or paired t
+        (effect: Cohen's d_z); also the one-sided test of test-then-rank.
+    n_boot : int, default 1000
+        Bootstrap replicates for every interval and the ranking stability.
+    seed : int, default 0
+        Seed of every bootstrap (the same inputs and options give the same numbers).
+    alpha : float, default 0.05
+        Significance level of test-then-rank (challengeR's default, unadjusted).
+
+    Raises
+    ------
+    InputError, SettingsError
+        As :func:`~volqa.analysis.load_results`; an unknown test, a baseline that is not a
+        method, ``n_boot`` < 100.
+    """
+    if test not in TESTS:
+        raise InputError(f"unknown test {test!r}; choose {' or '.join(TESTS)}.")
+    if not (isinstance(n_boot, int) and n_boot >= 100):
+        raise InputError(f"n_boot must be an integer of at least 100 (1000 or more is usual "
+                         f"for BCa intervals); got {n_boot!r}.")
+    study = results if isinstance(results, Study) else load_results(
+        results, by=by, subject=subject, metrics=metrics, group=group,
+        allow_different_settings=allow_different_settings)
+    if baseline is not None:
+        names = {str(m): m for m in study.methods}
+        if str(baseline) not in names:
+            raise InputError(f"baseline {baseline!r} is not a method in column {study.by!r} "
+                             f"(methods: {', '.join(map(str, study.methods))}).")
+        baseline = names[str(baseline)]
+    options = {"by": study.by, "subject": study.subject, "group": study.group,
+               "metrics": list(study.metrics), "baseline": baseline, "test": test,
+               "n_boot": n_boot, "seed": seed, "alpha": alpha, "confidence": 0.95,
+               "bootstrap": "BCa", "ties": "min", "schemes": list(SCHEMES)}
+    summary, pairs, ranking, notes, store = [], [], [], [], {}
+    common = {"by": study.by, "subject": study.subject, "methods": study.methods,
+              "n_boot": n_boot, "seed": seed}
+    for group_value, rows in study.groups():
+        for metric in study.metrics:
+            head = _head(study, group_value, metric)
+            summary += [{**head, **r} for r in describe(rows, metric, **common)]
+            pairs += [{**head, **r} for r in pairwise(
+                rows, metric, higher_is_better=METRICS[metric].higher_is_better,
+                baseline=baseline, test=test, **common)]
+            ranking += _ranking_records(study, group_value, metric, rows, options, notes,
+                                        store)
+    return Comparison(study, pd.DataFrame(summary), pd.DataFrame(pairs),
+                      pd.DataFrame(ranking), _long(study), store, options, notes)
