@@ -29,6 +29,7 @@ from ..errors import InputError, SettingsError
 from ..io.covariates import infer_type, misfits, parse_cell
 from ..io.outdir import SETTINGS_NAME
 from ..io.tables import METADATA_KEY
+from ..pipeline.progress import distinct_tails
 from ..schema import HEAD_COLUMNS, METRICS, ROW_COLUMNS, SETTING_COLUMNS
 
 __all__ = ["Table", "Study", "read_table", "load_results"]
@@ -159,21 +160,23 @@ def _typed_csv(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _settings_signature(frame: pd.DataFrame, table: Table) -> dict[str, Any]:
-    """What decided the numbers of a table: its setting columns (one value each) and the
-    settings in its metadata."""
+    """What decided the numbers of a table: its setting columns (one value each, or the
+    tuple of values when rows differ), or, for a table without them, the settings in its
+    metadata."""
+    columns = [c.name for c in SETTING_COLUMNS if c.name in frame.columns]
     sig: dict[str, Any] = {}
-    for col in (c.name for c in SETTING_COLUMNS):
-        if col in frame.columns:
-            values = {_plain(v) for v in frame[col].tolist()}
-            sig[col] = values.pop() if len(values) == 1 else tuple(sorted(map(str, values)))
-    stored = table.settings or {}
-    for key, value in stored.items():
+    for col in columns:
+        values = {_plain(v) for v in frame[col].tolist()}
+        sig[col] = values.pop() if len(values) == 1 else tuple(sorted(map(str, values)))
+    if columns:
+        return sig
+    for key, value in (table.settings or {}).items():
         if key in _NOT_NUMERIC:
             continue
         if isinstance(value, dict):
-            sig.update({f"settings.{key}.{k}": v for k, v in value.items()})
+            sig.update({f"{key}.{k}": v for k, v in value.items()})
         else:
-            sig[f"settings.{key}"] = value
+            sig[key] = value
     return sig
 
 
@@ -185,10 +188,11 @@ def _plain(v: Any) -> Any:
 
 def _setting_differences(frames: Sequence[pd.DataFrame], tables: Sequence[Table]) -> list[str]:
     sigs = [_settings_signature(f, t) for f, t in zip(frames, tables, strict=True)]
-    keys = sorted({k for s in sigs for k in s})
+    names = distinct_tails([str(t.path) for t in tables])
+    keys = list(dict.fromkeys(k for s in sigs for k in s))
     out = []
     for key in keys:
-        seen = [(t.path.name, s[key]) for s, t in zip(sigs, tables, strict=True) if key in s]
+        seen = [(name, s[key]) for s, name in zip(sigs, names, strict=True) if key in s]
         values = {json.dumps(v, default=str) for _, v in seen}
         mixed = [(name, v) for name, v in seen if isinstance(v, tuple)]
         if len(values) > 1 or mixed:
@@ -257,13 +261,14 @@ def load_results(
     twice = frame[frame.duplicated(keys, keep=False)]
     if len(twice):
         first = twice.iloc[0]
-        names = sorted({tables[i].path.name for i in twice["_table"]})
+        tails = distinct_tails([str(t.path) for t in tables])
+        names = sorted({tails[i] for i in twice["_table"]})
+        same = (twice[subject] == first[subject]) & (twice[by] == first[by])
         raise InputError(
-            f"subject {first[subject]!r} has {int((twice[subject] == first[subject]).sum())} "
-            f"rows for {by} {first[by]!r} (in {', '.join(names)}; {len(twice)} such rows in "
-            f"all): pairing needs one row per subject and method. Use a --by column that "
-            "tells them apart (e.g. one that combines method and acceleration), or remove the "
-            "duplicates."
+            f"subject {first[subject]!r} has {int(same.sum())} rows for {by} {first[by]!r} "
+            f"(in {', '.join(names)}; {len(twice)} such rows in all): pairing needs one row per "
+            "subject and method. Use a --by column that tells them apart (e.g. one that "
+            "combines method and acceleration), or remove the duplicates."
         )
     ok = frame[frame["_ok"]]
     per_subject = ok.groupby([c for c in (group, subject) if c is not None])[by].nunique()

@@ -131,8 +131,8 @@ def _test(a: np.ndarray, b: np.ndarray, test: str) -> tuple[float, float, float]
     from scipy import stats
 
     d = a - b
-    if d.size == 0 or not np.any(d != 0):
-        return math.nan, math.nan, (math.nan if test == "t" else rank_biserial(d))
+    if d.size == 0:
+        return math.nan, math.nan, math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # small-sample and degenerate warnings: NaN says it
         if test == "wilcoxon":
@@ -140,7 +140,8 @@ def _test(a: np.ndarray, b: np.ndarray, test: str) -> tuple[float, float, float]
             return float(res.statistic), float(res.pvalue), rank_biserial(d)
         res = stats.ttest_rel(a, b)
         sd = d.std(ddof=1) if d.size > 1 else math.nan
-        return float(res.statistic), float(res.pvalue), float(d.mean() / sd) if sd else math.nan
+        return (float(res.statistic), float(res.pvalue),
+                float(d.mean() / sd) if sd > 0 else math.nan)
 
 
 def pairwise(rows: pd.DataFrame, metric: str, *, by: str, subject: str,
