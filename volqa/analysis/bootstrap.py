@@ -18,12 +18,15 @@ same data with the same seed and batch size.
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["Resampler", "mean_of", "median_of", "statistic", "jackknife", "bca_interval",
-           "bootstrap_ci"]
+__all__ = ["Resampler", "STATISTICS", "mean_of", "median_of", "statistic", "jackknife",
+           "bca_interval", "bootstrap_ci"]
 
 #: Replicates per batch: the counts of one batch hold at most this many elements (4 MiB).
 BATCH_ELEMENTS = 1 << 20
@@ -61,12 +64,24 @@ class Resampler:
                 np.int32)
 
     def replicates(self, *statistics: Statistic) -> list[np.ndarray]:
-        """Each statistic (counts (rows, n) -> (rows, k)) on every replicate, in one pass."""
-        parts: list[list[np.ndarray]] = [[] for _ in statistics]
-        for counts in self.counts():
-            for out, fn in zip(parts, statistics, strict=True):
-                out.append(fn(counts))
-        return [np.concatenate(p, axis=0) for p in parts]
+        """Each statistic (counts (rows, n) -> (rows, k)) on every replicate, in one pass.
+
+        Batches are drawn in order (so the replicates never depend on timing) and their
+        statistics computed in threads, one per CPU (numpy releases the GIL), with at most
+        two batches per thread in flight."""
+        def run(counts: np.ndarray) -> list[np.ndarray]:
+            return [fn(counts) for fn in statistics]
+
+        workers = max(1, min(os.cpu_count() or 1, 8))
+        done: list[list[np.ndarray]] = []
+        with ThreadPoolExecutor(workers) as pool:
+            pending: deque = deque()
+            for counts in self.counts():
+                pending.append(pool.submit(run, counts))
+                if len(pending) >= 2 * workers:
+                    done.append(pending.popleft().result())
+            done += [f.result() for f in pending]
+        return [np.concatenate([d[i] for d in done], axis=0) for i in range(len(statistics))]
 
 
 def mean_of(data: np.ndarray) -> Statistic:

@@ -25,7 +25,7 @@ from ..io.atomic import atomic_write_many
 from ..schema import HEAD_COLUMNS, METRICS, ROW_COLUMNS, SETTING_COLUMNS
 from .load import Study, load_results
 from .ranking import SCHEMES, Ranking, rank_methods
-from .stats import describe, pairwise, values_by_method
+from .stats import DIFF_INTERVALS, add_intervals, describe, pairwise, values_by_method
 
 __all__ = ["TESTS", "DEFAULT_N_BOOT", "Comparison", "compare"]
 
@@ -115,44 +115,64 @@ def _head(study: Study, group: Any, metric: str) -> dict[str, Any]:
     return head
 
 
-def _ranking_records(study: Study, group: Any, metric: str, rows: pd.DataFrame,
-                     options: dict[str, Any], notes: list[str], store: dict) -> list[dict]:
+def _complete_cases(study: Study, group: Any, metric: str, rows: pd.DataFrame,
+                    notes: list[str]) -> tuple[list[Any], np.ndarray] | None:
+    """The methods with values and the subjects x methods values of the subjects that have
+    one for every such method (a note says who is left out); None when nothing is ranked."""
     table = values_by_method(rows, metric, study.by, study.subject, study.methods)
     finite = table.apply(np.isfinite)
     methods = [m for m in table.columns if finite[m].any()]
     where = f"{metric}" + (f" ({study.group} {group})" if study.group is not None else "")
     if len(methods) < 2:
         notes.append(f"ranking of {where}: fewer than two methods have values; not ranked.")
-        return []
+        return None
     complete = finite[methods].all(axis=1)
     if not complete.any():
         notes.append(f"ranking of {where}: no subject has a value for every method; not "
                      "ranked.")
-        return []
+        return None
     dropped = [str(s) for s in complete.index[~complete]]
     if dropped:
         notes.append(f"ranking of {where}: {len(dropped)} subject(s) without a value for "
                      f"every method left out: {', '.join(dropped)}.")
-    values = table.loc[complete, methods].to_numpy()
-    rankings = rank_methods(values, higher_is_better=METRICS[metric].higher_is_better,
-                            n_boot=options["n_boot"], seed=options["seed"],
-                            test=options["test"], alpha=options["alpha"])
-    store[(group, metric)] = (methods, rankings, int(values.shape[0]))
+    return methods, table.loc[complete, methods].to_numpy()
+
+
+def _rankings(study: Study, cases: dict[tuple[Any, str], tuple[list[Any], np.ndarray]],
+              options: dict[str, Any]) -> dict[tuple[Any, str], tuple[list, list[Ranking], int]]:
+    """Rank every (group, metric); those with as many subjects share one bootstrap pass."""
+    by_n: dict[int, list[tuple[Any, str]]] = {}
+    for key, (_, values) in cases.items():
+        by_n.setdefault(values.shape[0], []).append(key)
+    out = {}
+    for keys in by_n.values():
+        results = rank_methods([cases[k][1] for k in keys],
+                               higher_is_better=[METRICS[k[1]].higher_is_better for k in keys],
+                               n_boot=options["n_boot"], seed=options["seed"],
+                               test=options["test"], alpha=options["alpha"])
+        for key, rankings in zip(keys, results, strict=True):
+            out[key] = (cases[key][0], rankings, int(cases[key][1].shape[0]))
+    return {k: out[k] for k in cases}
+
+
+def _ranking_records(study: Study, store: dict) -> list[dict[str, Any]]:
     records = []
-    for r in rankings:
-        shares = r.rank_shares()
-        tau = r.tau[np.isfinite(r.tau)]
-        tq = np.percentile(tau, [25, 50, 75]) if tau.size else (np.nan,) * 3
-        for i, method in enumerate(methods):
-            lo, mid, hi = np.percentile(r.boot_ranks[:, i], [2.5, 50, 97.5])
-            rec = {**_head(study, group, metric), "scheme": r.scheme, "method": method,
-                   "rank": int(r.rank[i]), "value": float(r.value[i]),
-                   "n": int(values.shape[0]), "boot_rank_median": float(mid),
-                   "boot_rank_low": float(lo), "boot_rank_high": float(hi)}
-            rec.update({f"share_rank_{k + 1}": float(shares[i, k]) for k in range(len(methods))})
-            rec.update(kendall_tau_median=float(tq[1]), kendall_tau_q1=float(tq[0]),
-                       kendall_tau_q3=float(tq[2]))
-            records.append(rec)
+    for (group, metric), (methods, rankings, n) in store.items():
+        for r in rankings:
+            shares = r.rank_shares()
+            tau = r.tau[np.isfinite(r.tau)]
+            tq = np.percentile(tau, [25, 50, 75]) if tau.size else (np.nan,) * 3
+            for i, method in enumerate(methods):
+                lo, mid, hi = np.percentile(r.boot_ranks[:, i], [2.5, 50, 97.5])
+                rec = {**_head(study, group, metric), "scheme": r.scheme, "method": method,
+                       "rank": int(r.rank[i]), "value": float(r.value[i]), "n": n,
+                       "boot_rank_median": float(mid), "boot_rank_low": float(lo),
+                       "boot_rank_high": float(hi)}
+                rec.update({f"share_rank_{k + 1}": float(shares[i, k])
+                            for k in range(len(methods))})
+                rec.update(kendall_tau_median=float(tq[1]), kendall_tau_q1=float(tq[0]),
+                           kendall_tau_q3=float(tq[2]))
+                records.append(rec)
     return records
 
 
@@ -228,9 +248,9 @@ def compare(
                "metrics": list(study.metrics), "baseline": baseline, "test": test,
                "n_boot": n_boot, "seed": seed, "alpha": alpha, "confidence": 0.95,
                "bootstrap": "BCa", "ties": "min", "schemes": list(SCHEMES)}
-    summary, pairs, ranking, notes, store = [], [], [], [], {}
+    summary, pairs, notes, cases = [], [], [], {}
     common = {"by": study.by, "subject": study.subject, "methods": study.methods,
-              "n_boot": n_boot, "seed": seed}
+              "n_boot": None}
     for group_value, rows in study.groups():
         for metric in study.metrics:
             head = _head(study, group_value, metric)
@@ -238,7 +258,16 @@ def compare(
             pairs += [{**head, **r} for r in pairwise(
                 rows, metric, higher_is_better=METRICS[metric].higher_is_better,
                 baseline=baseline, test=test, **common)]
-            ranking += _ranking_records(study, group_value, metric, rows, options, notes,
-                                        store)
-    return Comparison(study, pd.DataFrame(summary), pd.DataFrame(pairs),
-                      pd.DataFrame(ranking), _long(study), store, options, notes)
+            found = _complete_cases(study, group_value, metric, rows, notes)
+            if found is not None:
+                cases[(group_value, metric)] = found
+    add_intervals(summary, "_values", {"mean": "mean"}, n_boot, seed)
+    add_intervals(pairs, "_diffs", DIFF_INTERVALS, n_boot, seed)
+    store = _rankings(study, cases, options)
+    return Comparison(study, _frame(summary, "_values"), _frame(pairs, "_diffs"),
+                      pd.DataFrame(_ranking_records(study, store)), _long(study), store,
+                      options, notes)
+
+
+def _frame(records: list[dict[str, Any]], private: str) -> pd.DataFrame:
+    return pd.DataFrame([{k: v for k, v in r.items() if k != private} for r in records])

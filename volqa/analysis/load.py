@@ -166,7 +166,7 @@ def _settings_signature(frame: pd.DataFrame, table: Table) -> dict[str, Any]:
     columns = [c.name for c in SETTING_COLUMNS if c.name in frame.columns]
     sig: dict[str, Any] = {}
     for col in columns:
-        values = {_plain(v) for v in frame[col].tolist()}
+        values = {_plain(v) for v in frame[col].drop_duplicates().tolist()}
         sig[col] = values.pop() if len(values) == 1 else tuple(sorted(map(str, values)))
     if columns:
         return sig
@@ -247,6 +247,8 @@ def load_results(
             raise InputError(f"{role} column {col!r} is not in {where} (columns that can be "
                              f"used: {', '.join(map(str, covariates))}).")
     chosen = _metrics(frame, metrics, where)
+    for col in {by, subject, group} - {None}:  # plain Python values: fast to iterate and hash
+        frame[col] = frame[col].astype(object)
     status = frame["status"] if "status" in frame.columns else pd.Series("ok", frame.index)
     frame["_ok"] = status.eq("ok")
     if frame[by].isna().any():

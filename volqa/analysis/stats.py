@@ -36,9 +36,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .bootstrap import Resampler, bca_interval, jackknife, mean_of, median_of, statistic
+from .bootstrap import STATISTICS, Resampler, bca_interval, jackknife, statistic
 
-__all__ = ["values_by_method", "describe", "pairwise", "holm", "rank_biserial"]
+__all__ = ["values_by_method", "describe", "pairwise", "add_intervals", "holm",
+           "rank_biserial"]
+
+DIFF_INTERVALS = {"mean": "mean_diff", "median": "median_diff"}
 
 
 def values_by_method(rows: pd.DataFrame, metric: str, by: str, subject: str,
@@ -77,29 +80,43 @@ def rank_biserial(d: np.ndarray) -> float:
     return float((plus - minus) / (plus + minus))
 
 
-def _cis(columns: list[np.ndarray], kind: str, n_boot: int, seed: int
-         ) -> list[tuple[float, float]]:
-    """BCa interval of ``kind`` for each 1-D array; arrays of one length share one pass."""
-    out: list[tuple[float, float]] = [(math.nan, math.nan)] * len(columns)
+def add_intervals(records: list[dict[str, Any]], data: str, names: dict[str, str],
+                  n_boot: int, seed: int) -> None:
+    """Add BCa intervals to ``records`` in place: for each ``kind -> name`` of ``names``, the
+    interval of ``kind`` ("mean", "median") of the 1-D array ``record[data]`` goes into
+    ``name_ci_low`` and ``name_ci_high``. Arrays of one length share one pass of bootstrap
+    replicates (whatever metric or group they belong to); fewer than two values give NaN."""
     by_length: dict[int, list[int]] = {}
-    for i, col in enumerate(columns):
-        if col.size >= 2:
-            by_length.setdefault(col.size, []).append(i)
+    for i, rec in enumerate(records):
+        for name in names.values():
+            rec[f"{name}_ci_low"] = rec[f"{name}_ci_high"] = math.nan
+        if rec[data].size >= 2:
+            by_length.setdefault(rec[data].size, []).append(i)
     for n, members in by_length.items():
-        data = np.stack([columns[i] for i in members], axis=1)
-        stat = {"mean": mean_of, "median": median_of}[kind](data)
-        (theta_b,) = Resampler(n, n_boot, seed).replicates(stat)
-        low, high = bca_interval(statistic(data, kind), theta_b, jackknife(data, kind))
-        for k, i in enumerate(members):
-            out[i] = (float(low[k]), float(high[k]))
-    return out
+        values = np.stack([records[i][data] for i in members], axis=1)
+        fns = [STATISTICS[kind](values) for kind in names]
+        for kind, name, theta_b in zip(names, names.values(),
+                                       Resampler(n, n_boot, seed).replicates(*fns), strict=True):
+            low, high = bca_interval(statistic(values, kind), theta_b, jackknife(values, kind))
+            for k, i in enumerate(members):
+                records[i][f"{name}_ci_low"] = float(low[k])
+                records[i][f"{name}_ci_high"] = float(high[k])
+
+
+def _left_out(subjects: pd.Series, counted: pd.Index) -> str:
+    """The subjects (once each, in order) that are not in ``counted``, comma-separated."""
+    kept = set(counted.to_numpy(dtype=object))
+    return ", ".join(dict.fromkeys(str(s) for s in subjects.to_numpy(object) if s not in kept))
 
 
 def describe(rows: pd.DataFrame, metric: str, *, by: str, subject: str,
-             methods: Sequence[Any], n_boot: int, seed: int) -> list[dict[str, Any]]:
-    """One record per method of the descriptives of ``metric`` (see the module docstring)."""
+             methods: Sequence[Any], n_boot: int | None, seed: int = 0
+             ) -> list[dict[str, Any]]:
+    """One record per method of the descriptives of ``metric`` (see the module docstring);
+    each keeps its values under ``"_values"``. With ``n_boot`` None the intervals are left to
+    :func:`add_intervals` (``compare`` adds them for every metric in one pass)."""
     table = values_by_method(rows, metric, by, subject, methods)
-    records, columns = [], []
+    records = []
     for method in methods:
         mine = rows[rows[by] == method]
         if mine.empty:
@@ -118,11 +135,11 @@ def describe(rows: pd.DataFrame, metric: str, *, by: str, subject: str,
             "median": float(median), "q1": float(q1), "q3": float(q3),
             "iqr": float(q3 - q1), "min": float(x.min()) if x.size else math.nan,
             "max": float(x.max()) if x.size else math.nan,
-            "left_out": ", ".join(str(s) for s in mine[subject] if s not in counted.index),
+            "left_out": _left_out(mine[subject], counted.index),
+            "_values": x,
         })  # fmt: skip
-        columns.append(x)
-    for rec, (low, high) in zip(records, _cis(columns, "mean", n_boot, seed), strict=True):
-        rec["mean_ci_low"], rec["mean_ci_high"] = low, high
+    if n_boot is not None:
+        add_intervals(records, "_values", {"mean": "mean"}, n_boot, seed)
     return records
 
 
@@ -146,41 +163,42 @@ def _test(a: np.ndarray, b: np.ndarray, test: str) -> tuple[float, float, float]
 
 def pairwise(rows: pd.DataFrame, metric: str, *, by: str, subject: str,
              methods: Sequence[Any], higher_is_better: bool, baseline: Any = None,
-             test: str = "wilcoxon", n_boot: int, seed: int) -> list[dict[str, Any]]:
+             test: str = "wilcoxon", n_boot: int | None, seed: int = 0
+             ) -> list[dict[str, Any]]:
     """One record per pair of methods: ``method`` against ``versus`` (the baseline, or every
-    earlier method), on the subjects with a finite value for both."""
+    earlier method), on the subjects with a finite value for both; each keeps its
+    differences under ``"_diffs"`` (``n_boot`` None: intervals left to :func:`add_intervals`).
+    """
     table = values_by_method(rows, metric, by, subject, methods)
-    present = [m for m in methods if m in set(rows[by])]
+    present = [m for m in methods if m in set(rows[by].unique())]
     if baseline is not None:
         pairs = [(m, baseline) for m in present if m != baseline]
     else:
         pairs = [(b, a) for a, b in combinations(present, 2)]
-    records, diffs = [], []
+    records = []
     sign = 1.0 if higher_is_better else -1.0
     for method, versus in pairs:
         both = table[[method, versus]]
         finite = np.isfinite(both).all(axis=1)
-        mine = rows[rows[by].isin([method, versus])][subject].drop_duplicates()
+        mine = rows.loc[(rows[by] == method) | (rows[by] == versus), subject]
         a = both.loc[finite, method].to_numpy()
         b = both.loc[finite, versus].to_numpy()
         d = a - b
         stat, p, effect = _test(a, b, test)
         records.append({
             "method": method, "versus": versus, "n": int(d.size),
-            "n_left_out": int(len(mine) - d.size),
-            "left_out": ", ".join(str(s) for s in mine if not finite.get(s, False)),
+            "n_left_out": int(mine.nunique() - d.size),
+            "left_out": _left_out(mine, finite.index[finite]),
             "mean_diff": float(d.mean()) if d.size else math.nan,
             "median_diff": float(np.median(d)) if d.size else math.nan,
             "test": test, "statistic": stat, "p": p,
             "effect_size": effect,
             "effect": "rank-biserial r" if test == "wilcoxon" else "Cohen's d_z",
             "wins": int((sign * d > 0).sum()), "ties": int((d == 0).sum()),
-            "losses": int((sign * d < 0).sum()),
+            "losses": int((sign * d < 0).sum()), "_diffs": d,
         })  # fmt: skip
-        diffs.append(d)
-    for kind in ("mean", "median"):
-        for rec, (low, high) in zip(records, _cis(diffs, kind, n_boot, seed), strict=True):
-            rec[f"{kind}_diff_ci_low"], rec[f"{kind}_diff_ci_high"] = low, high
+    if n_boot is not None:
+        add_intervals(records, "_diffs", DIFF_INTERVALS, n_boot, seed)
     for rec, adjusted in zip(records, holm([r["p"] for r in records]), strict=True):
         rec["p_holm"] = float(adjusted)
     return records

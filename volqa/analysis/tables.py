@@ -9,6 +9,7 @@ metric has one format (:func:`volqa.pipeline.summary.number_format`).
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any
 
@@ -63,6 +64,10 @@ def _cells(comp: Comparison, block: pd.DataFrame, pairs: pd.DataFrame
 
 
 def _mark(text: str, fmt: str, best: bool, significant: bool) -> str:
+    if fmt == "html":
+        text = html.escape(text)
+        text = f"<b>{text}</b>" if best else text
+        return text + ("<sup>†</sup>" if significant else "")
     if fmt == "latex":
         text = text.replace("±", r"$\pm$")
         text = rf"\textbf{{{text}}}" if best else text
@@ -74,6 +79,13 @@ def _mark(text: str, fmt: str, best: bool, significant: bool) -> str:
 
 
 def _render(header: list[str], rows: list[list[str]], fmt: str) -> list[str]:
+    if fmt == "html":
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(
+            f"<td>{html.escape(c) if i < 2 else c}</td>" for i, c in enumerate(r)) + "</tr>"
+            for r in rows)
+        return [f'<table class="paper"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+                "</table>"]
     if fmt == "markdown":
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return out + ["| " + " | ".join(r) + " |" for r in rows]
@@ -98,7 +110,7 @@ def _tex(text: str) -> str:
 
 def paper_table(comp: Comparison, fmt: str = "text") -> str:
     """The paper table (see the module docstring) with a legend line under each block."""
-    if fmt not in FORMATS:
+    if fmt not in (*FORMATS, "html"):
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     study, out = comp.study, []
     blocks: list[tuple[Any, pd.DataFrame, pd.DataFrame]] = [(None, comp.summary, comp.pairwise)]
@@ -114,11 +126,13 @@ def paper_table(comp: Comparison, fmt: str = "text") -> str:
                 row[j] = _mark(row[j], fmt, (i, j) in best, (i, j) in significant)
         if group is not None:
             title = f"{study.group} = {group}"
-            out.append({"markdown": f"**{title}**\n", "latex": f"% {title}"}.get(fmt, title))
+            out.append({"markdown": f"**{title}**\n", "latex": f"% {title}",
+                        "html": f"<h4>{html.escape(title)}</h4>"}.get(fmt, title))
         out += _render(header, rows, fmt)
         if fmt == "markdown":
             out.append("")  # a line right under a Markdown table would be read as a row
-        out.append(_legend(comp, block, fmt))
+        legend = _legend(comp, block, fmt)
+        out.append(f'<p class="legend">{html.escape(legend)}</p>' if fmt == "html" else legend)
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
@@ -126,7 +140,7 @@ def paper_table(comp: Comparison, fmt: str = "text") -> str:
 def _legend(comp: Comparison, block: pd.DataFrame, fmt: str) -> str:
     n = block.groupby("method")["n"].max()
     counts = ", ".join(f"{m} {int(n[m])}" for m in comp.study.methods if m in n.index)
-    best = {"text": "*", "markdown": "bold", "latex": "bold"}[fmt]
+    best = "*" if fmt == "text" else "bold"
     text = (f"n subjects: {counts}. {best}: best mean (↑ higher / ↓ lower is better)")
     baseline = comp.options["baseline"]
     if baseline is not None:

@@ -62,7 +62,7 @@ def command_line(ctx: typer.Context) -> str:
                 options.append(flag if value else secondary or flag)
             else:
                 options += [flag, str(value)]
-    return shlex.join(["volqa", *ctx.command_path.split()[1:], *args, *options])
+    return shlex.join(["volqa", str(ctx.info_name), *args, *options])
 
 
 def pair(text: str | None, what: str) -> tuple[float, float] | None:

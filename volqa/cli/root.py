@@ -63,10 +63,11 @@ def _root(
 
 
 def _register() -> None:
-    from . import compare, demo, score
+    from . import compare, demo, report, score
 
     app.command("score", cls=Command, epilog=score.EPILOG)(score.score)
     app.command("compare", cls=Command, epilog=compare.EPILOG)(compare.compare)
+    app.command("report", cls=Command, epilog=report.EPILOG)(report.report)
     app.add_typer(demo.demo_app, name="demo")
 
 
