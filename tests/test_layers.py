@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -186,10 +186,13 @@ def test_version() -> None:
     assert result.exit_code == 0 and result.stdout.strip() == f"volqa {volqa.__version__}"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["score", "--help"], ["demo", "fit", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["score", "--help"], ["demo", "fit", "--help"],
+                                  ["compare", "--help"], ["report", "--help"]])
 def test_help_reads_right(args) -> None:
     text = cli.invoke(app, args, terminal_width=100).stdout
     assert "<bool>" not in text and "{" not in text
+    if args[0] in ("compare", "report"):
+        assert f"{args[0]} [OPTIONS] RESULTS..." in text and "Exit status: 0" in text
     if args[0] == "score":
         assert "score [OPTIONS] MANIFEST" in text
         assert "--resample " in text and "--save-maps " in text
@@ -285,6 +288,7 @@ def test_wheel_runs_the_demo_and_a_manifest_outside_the_checkout(tmp_path) -> No
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
                     str(src)], check=True, capture_output=True)
     (wheel,) = wheels.glob("volqa-*.whl")
+    assert "volqa/analysis/templates/report.html.j2" in zipfile.ZipFile(wheel).namelist()
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
     work = tmp_path / "elsewhere"

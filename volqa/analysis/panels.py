@@ -68,7 +68,7 @@ def _resolve(text: Any, table: Any) -> str | None:
 def _volumes(comp: Comparison, idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any]:
     """(reference, test, SSIM map, mask or None, voxel spacing) of a frame row, prepared as
     scored, the map in the volume's shape."""
-    from ..io.readers import read_volume
+    from ..io.nifti import read_nifti
     from ..pipeline.row import RowJob, RowScorer, padded_map
 
     row = comp.study.frame.loc[idx]
@@ -84,8 +84,9 @@ def _volumes(comp: Comparison, idx: int) -> tuple[np.ndarray, np.ndarray, np.nda
     scorer = RowScorer()
     prepared = scorer.prepare(job, settings)
     saved = row.get("ssim_map")
-    if isinstance(saved, str) and saved:
-        smap = read_volume(table.path.parent / saved).array
+    if isinstance(saved, str) and saved:  # NaN where the window does not fit: read as is
+        map_path = table.path.parent / saved
+        smap = read_nifti(map_path, str(map_path)).array
     else:
         result = scorer.engine_metrics(prepared, settings, "cpu", None, keep_map=True)
         smap = padded_map(result.map, prepared.ref.shape)

@@ -161,7 +161,7 @@ ProgressOpt = Annotated[bool, typer.Option(
 # -- volqa compare / volqa report ------------------------------------------------------------
 
 ResultsArg = Annotated[list[Path], typer.Argument(
-    metavar="RESULTS...", help="Result tables of volqa score (results.parquet or results.csv; "
+    metavar="RESULTS", help="Result tables of volqa score (results.parquet or results.csv; "
     "one per method or one merged).", exists=True, dir_okay=False, readable=True,
     show_default=False)]
 ByOpt = Annotated[str, typer.Option(
