@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from volqa.analysis import compare, load_results
 from volqa.analysis.tables import paper_table
-from volqa.errors import SettingsError
+from volqa.errors import InputError, SettingsError
 from volqa.settings import Settings
 
 cli = CliRunner()
@@ -114,6 +114,24 @@ def test_one_table_per_method_and_groups(tmp_path) -> None:
     assert x["p"].iloc[0] == pytest.approx(stats.wilcoxon(b, a).pvalue)
     text = paper_table(comp)
     assert "site = X" in text and "site = Y" in text
+
+
+def test_a_per_region_table_with_group(tmp_path) -> None:
+    """A long table with one row per subject, method and region (as a per-region table of
+    ``volqa score`` has): each region is compared on its own; without --group the repeated
+    subjects are refused with the way out."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for region in ("brain", "skull"):
+        part = study_rows({"a": list(rng.normal(0.6, 0.02, 6)),
+                           "b": list(rng.normal(0.7, 0.02, 6))})
+        rows += [{**r, "region": region} for r in part]
+    path = write_results(tmp_path / "regions", rows, covariates={"region": "string"})[1]
+    comp = compare([path], by="method", group="region", baseline="a", n_boot=100)
+    assert comp.pairwise["region"].tolist() == ["brain", "skull"]
+    assert (comp.pairwise["n"] == 6).all() and (comp.pairwise["wins"] == 6).all()
+    with pytest.raises(InputError, match="has 2 rows for method 'a'.*--group for a column"):
+        load_results([path], by="method")
 
 
 def test_paper_table_formats(study) -> None:

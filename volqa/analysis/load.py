@@ -270,7 +270,8 @@ def load_results(
             f"subject {first[subject]!r} has {int(same.sum())} rows for {by} {first[by]!r} "
             f"(in {', '.join(names)}; {len(twice)} such rows in all): pairing needs one row per "
             "subject and method. Use a --by column that tells them apart (e.g. one that "
-            "combines method and acceleration), or remove the duplicates."
+            "combines method and acceleration), --group for a column whose values are analysed "
+            "apart (e.g. region, in a per-region table), or remove the duplicates."
         )
     ok = frame[frame["_ok"]]
     per_subject = ok.groupby([c for c in (group, subject) if c is not None])[by].nunique()

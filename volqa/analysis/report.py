@@ -45,7 +45,8 @@ def _html(frame: pd.DataFrame, text: set[str] = _TEXT) -> str:
         "<tr>" + "".join(f'<td{" class=text" if c in text else ""}>{html.escape(str(v))}</td>'
                          for c, v in zip(frame.columns, row, strict=True)) + "</tr>"
         for row in frame.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            "</table></div>")
 
 
 def _p(v: float) -> str:
@@ -63,14 +64,14 @@ def _pairwise(comp: Comparison) -> str:
         rows.append({
             **({comp.study.group: r[comp.study.group]} if comp.study.group else {}),
             "metric": r["metric"], "method": r["method"], "versus": r["versus"], "n": r["n"],
-            "mean diff": fmt(r["mean_diff"]),
-            "95 % CI": ci(r["mean_diff_ci_low"], r["mean_diff_ci_high"]),
-            "median diff": fmt(r["median_diff"]),
-            "95 % CI ": ci(r["median_diff_ci_low"], r["median_diff_ci_high"]),
+            "mean diff [95 % CI]": f"{fmt(r['mean_diff'])} "
+            + ci(r["mean_diff_ci_low"], r["mean_diff_ci_high"]),
+            "median diff [95 % CI]": f"{fmt(r['median_diff'])} "
+            + ci(r["median_diff_ci_low"], r["median_diff_ci_high"]),
             "p": _p(r["p"]), "p Holm": _p(r["p_holm"]),
             r["effect"]: "" if r["effect_size"] != r["effect_size"] else
             f"{r['effect_size']:.3f}",
-            "wins/ties/losses": f"{r['wins']}/{r['ties']}/{r['losses']}",
+            "wins/ties/ losses": f"{r['wins']}/{r['ties']}/{r['losses']}",
             "left out": r["left_out"] or "",
         })  # fmt: skip
     return _html(pd.DataFrame(rows).fillna(""), _TEXT | {comp.study.group})
