@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"n_boot {n_boot}; {len(result.summary)} descriptive cells, {len(result.pairwise)} "
-          f"pairs of methods, {len(result.ranking) // m} rankings; {os.cpu_count()} CPUs, "
-          f"load average {load:.2f}")
+          f"pairs of methods, {len(result.ranking) // m} rankings (metrics x 3 schemes); "
+          f"{os.cpu_count()} CPUs, load average {load:.2f}")
     print(f"{'':52}{'seconds':>10}{'x volqa':>10}")
     print(f"{'volqa compare (everything, from Parquet)':52}{t_volqa:>10.1f}{1:>10.1f}")
     print(f"{f'naive per-replicate loop ({k} timed, scaled)':52}{t_naive:>10.1f}"

@@ -85,6 +85,11 @@ def test_outputs_and_directions(tmp_path, study) -> None:
     ssim = next(ln for ln in lines if ln.startswith("ssim"))
     assert ssim.rstrip().endswith("*†") and "mean ± sd" in ssim
     assert "†: p < 0.05 against zf (Wilcoxon signed-rank, Holm-adjusted" in result.stdout
+    # and what was left out, and why
+    assert ("note: ssim, zf: 1 row(s) without a value left out (1 failed, 0 empty, 0 "
+            "infinite): s03.") in result.stdout
+    assert "note: mae, cs vs zf: 2 subject(s) without a value for both left out: s02, s03." \
+        in result.stdout
 
 
 def test_csv_and_parquet_inputs_give_the_same_comparison(study) -> None:
@@ -192,6 +197,11 @@ def test_bad_tables_exit_2(tmp_path) -> None:
     broken.write_bytes(b"PAR1 not really")
     result = run(broken, "--out", tmp_path / "o")
     assert result.exit_code == 2 and "cannot read" in result.stderr and "Parquet" in result.stderr
+    made = run(write_results(tmp_path / "ok", study_rows({"a": [0.5], "b": [0.6]}))[1],
+               "--out", tmp_path / "made", "--n-boot", "100")
+    assert made.exit_code == 0, made.output
+    result = run(tmp_path / "made/summary.parquet", "--out", tmp_path / "o")  # not a score table
+    assert result.exit_code == 2 and "is not a volqa result table" in result.stderr
     result = run(tmp_path / "missing.parquet", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "missing.parquet" in result.stderr
 

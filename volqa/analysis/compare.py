@@ -6,6 +6,26 @@ every value of the group column) of a :class:`~.load.Study`; :meth:`Comparison.w
 subject x method x metric with the covariates, for seaborn or lme4) and ``compare.json`` (the
 inputs, their provenance and the options) into a folder. Which direction is better comes from
 :data:`volqa.schema.METRICS` and is written into every table (``direction``).
+
+Columns (each table starts with the group column, when there is one, ``metric`` and
+``direction``):
+
+``summary``, one row per method
+    n, n_rows, n_failed, n_missing, n_infinite, mean, sd, median, q1, q3, iqr, min, max,
+    left_out, mean_ci_low, mean_ci_high (:func:`.stats.describe`).
+``pairwise``, one row per pair
+    method, versus, n, n_left_out, left_out, mean_diff, median_diff, test, statistic, p,
+    effect_size, effect, wins, ties, losses, mean_diff_ci_low/high, median_diff_ci_low/high,
+    p_holm (:func:`.stats.pairwise`).
+``ranking``, one row per scheme and method
+    scheme, method, rank, value, n, boot_rank_median, boot_rank_low, boot_rank_high (2.5 and
+    97.5 % of the bootstrap ranks), share_rank_1 .. share_rank_m, kendall_tau_median,
+    kendall_tau_q1, kendall_tau_q3 (:mod:`.ranking`).
+``long``, one row per input row and metric
+    the covariates (manifest columns), error, metric, direction, unit, value (empty unless the
+    row is ok), status.
+
+With ``allow_different_settings`` every table also gets ``settings_override``.
 """
 
 from __future__ import annotations
@@ -42,8 +62,7 @@ class Comparison:
     ----------
     study : Study
     summary, pairwise, ranking, long : pandas.DataFrame
-        The tables written by :meth:`write` (columns in the module docstring of
-        :mod:`volqa.analysis`).
+        The tables written by :meth:`write` (columns in the module docstring).
     rankings : dict
         ``(group, metric) -> (methods, [Ranking per scheme], n subjects)`` for the figures.
     options : dict
@@ -261,12 +280,27 @@ def compare(
             found = _complete_cases(study, group_value, metric, rows, notes)
             if found is not None:
                 cases[(group_value, metric)] = found
+    notes[:0] = _left_out_notes(study, summary, pairs)
     add_intervals(summary, "_values", {"mean": "mean"}, n_boot, seed)
     add_intervals(pairs, "_diffs", DIFF_INTERVALS, n_boot, seed)
     store = _rankings(study, cases, options)
     return Comparison(study, _frame(summary, "_values"), _frame(pairs, "_diffs"),
                       pd.DataFrame(_ranking_records(study, store)), _long(study), store,
                       options, notes)
+
+
+def _left_out_notes(study: Study, summary: list[dict], pairs: list[dict]) -> list[str]:
+    """One line per method and per pair that left subjects out, naming them."""
+    def where(r: dict) -> str:
+        return r["metric"] + (f" ({study.group} {r[study.group]})" if study.group else "")
+
+    notes = [f"{where(r)}, {r['method']}: {r['n_rows'] - r['n']} row(s) without a value left "
+             f"out ({r['n_failed']} failed, {r['n_missing']} empty, {r['n_infinite']} "
+             f"infinite): {r['left_out']}." for r in summary if r["n"] < r["n_rows"]]
+    notes += [f"{where(r)}, {r['method']} vs {r['versus']}: {r['n_left_out']} subject(s) "
+              f"without a value for both left out: {r['left_out']}."
+              for r in pairs if r["n_left_out"]]
+    return notes
 
 
 def _frame(records: list[dict[str, Any]], private: str) -> pd.DataFrame:

@@ -119,7 +119,7 @@ def _slug(*parts: Any) -> str:
 
 def write_report(comp: Comparison, out: str | os.PathLike[str], *,
                  figures: str | os.PathLike[str] | None = None, baseline: Any = None,
-                 worst: int = 2, progress: bool = False, command: str | None = None) -> Path:
+                 worst: int = 2, progress: bool = False) -> Path:
     """Write the report of ``comp`` to the HTML file ``out``.
 
     Parameters
@@ -137,8 +137,6 @@ def write_report(comp: Comparison, out: str | os.PathLike[str], *,
         compared, else by the first metric.
     progress : bool
         A progress bar on stderr while the volumes are read.
-    command : str, optional
-        The command line, shown in the provenance.
     """
     import jinja2
 
@@ -183,7 +181,7 @@ def write_report(comp: Comparison, out: str | os.PathLike[str], *,
         title=", ".join(str(m) for m in study.methods), version=__version__,
         when=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), by=study.by,
         subject=study.subject, group=study.group,
-        override="; ".join(study.settings_override), command=command or o.get("command", ""),
+        override="; ".join(study.settings_override), command=o.get("command") or "(Python API)",
         statistics=(f"{'Wilcoxon signed-rank' if o['test'] == 'wilcoxon' else 'paired t'} "
                     f"test, Holm adjustment, 95 % BCa bootstrap intervals ({o['n_boot']} "
                     f"replicates, seed {o['seed']}), baseline {o['baseline']}"),

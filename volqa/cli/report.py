@@ -24,7 +24,6 @@ from .options import (
     Test,
     TestOpt,
     WorstOpt,
-    command_line,
 )
 
 EPILOG = ("Exit status: 0 written; 2 usage or input error (not a volqa table, unknown column "
@@ -51,19 +50,14 @@ def report(
 ) -> None:
     """Write one self-contained HTML report (tables, figures, rankings, failed rows, the worst
     subjects as slices) comparing the methods of volqa result tables."""
-    from ..analysis import compare
     from ..analysis.report import write_report
     from ..errors import VolqaError
+    from .compare import run
 
-    command = command_line(ctx)
     try:
-        comparison = compare(
-            list(results), by=by, subject=subject,
-            metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None,
-            baseline=baseline, group=group, test=test.value, n_boot=n_boot, seed=seed,
-            allow_different_settings=allow_different_settings)
-        path = write_report(comparison, out, figures=figures, worst=worst, progress=progress,
-                            command=command)
+        comparison = run(ctx, results, by, subject, metrics, baseline, group, test, n_boot,
+                         seed, allow_different_settings)
+        path = write_report(comparison, out, figures=figures, worst=worst, progress=progress)
     except VolqaError as exc:
         typer.echo(f"volqa: {exc}", err=True)
         raise typer.Exit(2) from None
