@@ -6,7 +6,8 @@ columns are strings), metric columns float64 (null where not computed; ``psnr`` 
 identical images). The CSV holds the same values as text, so that both files read back alike:
 a null is an empty field, integers are written without a decimal point even when a column has
 nulls, booleans as ``True``/``False``. The run's metadata (settings, version, counts) is stored
-as JSON under the key ``volqa`` of the Parquet schema metadata. Both files are written together through :func:`volqa.io.atomic.atomic_write_many`.
+as JSON under the key ``volqa`` of the Parquet schema metadata. Both files are written
+together through :func:`volqa.io.atomic.atomic_write_many`.
 """
 
 from __future__ import annotations
