@@ -6,6 +6,11 @@ Run from anywhere::
     python scripts/make_example_data.py    # writes data/example/ and data_manifest.csv
     python scripts/make_example_data.py --out /tmp/ex --manifest /tmp/ex/m.csv
 
+It writes two sets: the single phantom with degraded reconstructions described below (manifest
+``data/example/degradations.csv``), and the example study of ``scripts/example_study.py``
+(8 phantom subjects x 3 reconstruction methods in ``data/example/study/``, manifest
+``data_manifest.csv``: the README's score -> compare -> report walk-through).
+
 Every random draw comes from a fixed seed, so two runs with the same library versions write
 byte-identical files (gzip headers carry mtime 0 and no file name; DICOM dates, times and UIDs
 are fixed).
@@ -14,8 +19,9 @@ Ground truth
     ``phantom_gt.nii.gz`` — a 3-D Shepp–Logan-style head (ten ellipsoids defined below, with
     intensities changed to a T1-like contrast: scalp/skull 0.9, brain 0.5, ventricles 0.15,
     small structures 0.65–0.75), sampled 2×2×2 per voxel for partial-volume edges and modulated
-    by a smooth tissue texture (5 % standard deviation). Grid 64 × 64 × 48 voxels, spacing (1.0, 1.0, 1.5) mm, RAS+
-    axes (identity direction), centred on the world origin, float32, values in [0, 1].
+    by a smooth tissue texture (5 % standard deviation). Grid 64 × 64 × 48 voxels, spacing
+    (1.0, 1.0, 1.5) mm, RAS+ axes (identity direction), centred on the world origin, float32,
+    values in [0, 1].
     ``phantom_gt_dicom/`` holds the same volume as a DICOM series (48 files).
 ``phantom_head_mask.nii.gz``
     The outer ellipsoid (whole head) at voxel centres, uint8 0/1.
@@ -48,7 +54,7 @@ Storage
     frame per file; the position, orientation, pixel spacing and rescale tags then sit in the
     functional group sequences, which SimpleITK/GDCM read as usual.
 
-``data_manifest.csv`` (one row per scored pair; paths relative to the manifest's folder)
+``degradations.csv`` (one row per scored pair; paths relative to the manifest's folder)
     subject_id, reference, test, mask (empty when unused), method, acceleration (1 = fully
     sampled), noise_sigma (0 = no added noise). One row compares DICOM with DICOM, one a DICOM
     reference with a NIfTI test, one uses the head mask.
@@ -128,13 +134,18 @@ def ellipsoid_inside(points: np.ndarray, axes: Vec3, centre: Vec3, angle_deg: fl
     return (u / axes[0]) ** 2 + (v / axes[1]) ** 2 + (d[2] / axes[2]) ** 2 <= 1.0
 
 
-def phantom(affine: np.ndarray, shape: tuple[int, int, int], supersample: int = 2) -> np.ndarray:
+def phantom(
+    affine: np.ndarray,
+    shape: tuple[int, int, int],
+    supersample: int = 2,
+    ellipsoids: tuple[tuple[float, Vec3, Vec3, float], ...] = ELLIPSOIDS,
+) -> np.ndarray:
     """Sum of the ellipsoids, averaged over ``supersample**3`` points per voxel (float64)."""
     offsets = (np.arange(supersample) + 0.5) / supersample - 0.5
     total = np.zeros(shape)
     for offset in itertools.product(offsets, repeat=3):
         points = world_grid(affine, shape, offset) / MM_PER_PHANTOM_UNIT
-        for value, axes, centre, angle in ELLIPSOIDS:
+        for value, axes, centre, angle in ellipsoids:
             total += value * ellipsoid_inside(points, axes, centre, angle)
     return total / supersample**3
 
@@ -150,9 +161,12 @@ def gaussian_filter_fft(volume: np.ndarray, sigma_mm: float, spacing: Vec3) -> n
     return np.fft.ifftn(np.fft.fftn(volume) * transfer).real
 
 
-def smooth_field(rng: np.random.Generator, sigma_mm: float) -> np.ndarray:
+def smooth_field(
+    rng: np.random.Generator, sigma_mm: float, shape: tuple[int, int, int] = SHAPE,
+    spacing: Vec3 = SPACING,
+) -> np.ndarray:
     """Smooth random field with zero mean and unit standard deviation."""
-    field = gaussian_filter_fft(rng.standard_normal(SHAPE), sigma_mm, SPACING)
+    field = gaussian_filter_fft(rng.standard_normal(shape), sigma_mm, spacing)
     return (field - field.mean()) / field.std()
 
 
@@ -363,14 +377,15 @@ def main(argv: list[str] | None = None) -> None:
         "--manifest",
         type=Path,
         default=REPO_ROOT / "data_manifest.csv",
-        help="manifest to write, with paths relative to its folder "
+        help="the study's manifest to write, with paths relative to its folder "
         "(default: data_manifest.csv at the repository root)",
     )
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
-    manifest: Path = args.manifest.resolve()
+    study_manifest: Path = args.manifest.resolve()
+    manifest = out / "degradations.csv"
     out.mkdir(parents=True, exist_ok=True)
-    manifest.parent.mkdir(parents=True, exist_ok=True)
+    study_manifest.parent.mkdir(parents=True, exist_ok=True)
 
     volumes = build()
     affine = make_affine(SHAPE, SPACING)
@@ -415,6 +430,21 @@ def main(argv: list[str] | None = None) -> None:
         )
     print(f"total {total / 1024**2:.2f} MiB; all read back (nibabel, SimpleITK) equal")
     print(f"wrote {manifest}  ({len(MANIFEST_ROWS)} rows)")
+
+    from example_study import MANIFEST_COLUMNS as STUDY_COLUMNS
+    from example_study import write_study
+
+    rows = write_study(out / "study")
+    with open(study_manifest, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(STUDY_COLUMNS)
+        for subject, reference, test, mask, *covariates in rows:
+            writer.writerow([subject, *(Path(os.path.relpath(p, study_manifest.parent))
+                                        .as_posix() for p in (reference, test, mask)),
+                             *covariates])
+    size = sum(f.stat().st_size for f in (out / "study").iterdir())
+    print(f"wrote {out / 'study'}  ({size / 1024**2:.2f} MiB) and {study_manifest}  "
+          f"({len(rows)} rows)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from volqa.pipeline.normalize import normalize_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "data_manifest.csv"
+DEGRADATIONS = ROOT / "data/example/degradations.csv"
 cli = CliRunner()
 
 
@@ -34,10 +35,11 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 @pytest.mark.skipif(not BUNDLED.exists(), reason="bundled example data not present")
 def test_bundled_manifest_end_to_end(tmp_path: Path) -> None:
+    """The README's first command: the example study, 8 subjects x 3 methods."""
     out = tmp_path / "res"
     result = run(BUNDLED, "--out", out)
     assert result.exit_code == 0, result.stderr
-    assert "8 ok, 0 failed" in result.stdout
+    assert "24 ok, 0 failed" in result.stdout
     assert (out / "results.csv").exists() and (out / "results.parquet").exists()
 
     table = pq.read_table(out / "results.parquet")
@@ -45,23 +47,30 @@ def test_bundled_manifest_end_to_end(tmp_path: Path) -> None:
     with open(BUNDLED, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     manifest_cols = list(rows[0])
+    assert manifest_cols == ["subject_id", "reference", "test", "mask", "method", "site",
+                             "acceleration"]
     assert list(df.columns[: len(manifest_cols)]) == manifest_cols
-    for col in manifest_cols:  # passthrough columns unchanged, as text
-        assert df[col].fillna("").tolist() == [r[col] for r in rows]
+    for col in ("subject_id", "reference", "test", "mask", "method", "site"):
+        assert df[col].tolist() == [r[col] for r in rows]  # text columns unchanged
+    assert df["acceleration"].tolist() == [4] * 24  # an integer covariate
     expected = manifest_cols + [
         "status", "error", "ssim", "ssim_masked", "psnr", "nrmse", "mae", "mse", "shape",
-        "spacing", "data_range", "normalize", "window", "win_size", "sigma", "covariance",
-        "border", "preset", "k1", "k2", "reoriented", "resampled", "device", "seconds",
-        "notes", "volqa_version",
+        "spacing", "data_range", "norm_offset", "norm_scale", "norm_clip_low", "norm_clip_high",
+        "normalize", "data_range_fixed", "percentile_low", "percentile_high",
+        "intensity_window_level", "intensity_window_width", "ssim_preset", "ssim_window",
+        "ssim_win_size", "ssim_sigma", "ssim_covariance", "ssim_border", "ssim_k1", "ssim_k2",
+        "ssim_slices", "ssim_2d_axis", "resample", "reoriented", "resampled", "device",
+        "seconds", "notes", "volqa_version",
     ]  # fmt: skip
     assert list(df.columns) == expected
     schema = table.schema
-    for col in ("ssim", "ssim_masked", "psnr", "nrmse", "mae", "mse", "data_range", "sigma",
-                "k1", "k2", "seconds"):
+    for col in ("ssim", "ssim_masked", "psnr", "nrmse", "mae", "mse", "data_range",
+                "ssim_sigma", "ssim_k1", "ssim_k2", "seconds", "norm_offset", "norm_scale"):
         assert str(schema.field(col).type) == "double", col
-    assert str(schema.field("win_size").type) == "int64"
+    assert str(schema.field("ssim_win_size").type) == "int64"
+    assert str(schema.field("acceleration").type) == "int64"
     assert str(schema.field("resampled").type) == "bool"
-    for col in ("status", "error", "shape", "device", *manifest_cols):
+    for col in ("status", "error", "shape", "device", "subject_id", "method", "site"):
         assert str(schema.field(col).type) == "string", col
 
     # values equal volqa.ssim on the loaded (normalised) arrays
@@ -70,22 +79,28 @@ def test_bundled_manifest_end_to_end(tmp_path: Path) -> None:
         test = read_volume(BUNDLED.parent / r["test"])
         n = normalize_pair(ref.array, test.array)
         assert got.ssim == float(volqa.ssim(n.reference, n.test, data_range=n.data_range))
-        if r["mask"]:
-            mask = read_volume(BUNDLED.parent / r["mask"]).array != 0
-            want = float(volqa.ssim(n.reference, n.test, data_range=1.0, mask=mask))
-            assert got.ssim_masked == pytest.approx(want, abs=1e-12)
-        else:
-            assert math.isnan(got.ssim_masked)
-
-    # the same volume as NIfTI and as a DICOM series gives the same SSIM
-    by_id = df.set_index("subject_id")
-    assert by_id.loc["phantom-zf4-dicom", "ssim"] == by_id.loc["phantom-zf4", "ssim"]
+        mask = read_volume(BUNDLED.parent / r["mask"]).array != 0
+        want = float(volqa.ssim(n.reference, n.test, data_range=1.0, mask=mask))
+        assert got.ssim_masked == pytest.approx(want, abs=1e-12)
 
     # the CSV holds the same values as the Parquet file
     text = read_csv(out / "results.csv")
     assert list(text.columns) == expected
     np.testing.assert_array_equal(text["ssim"].astype(float), df["ssim"])
-    assert text["status"].tolist() == ["ok"] * 8
+    assert text["status"].tolist() == ["ok"] * 24
+
+
+def test_bundled_degradations_nifti_equals_dicom(tmp_path: Path) -> None:
+    """The single-phantom set: the same volume as NIfTI and as a DICOM series scores the
+    same, and a masked row gets ssim_masked."""
+    result = run(DEGRADATIONS, "--out", tmp_path / "res")
+    assert result.exit_code == 0, result.stderr
+    assert "8 ok, 0 failed" in result.stdout
+    by_id = pd.read_parquet(tmp_path / "res/results.parquet").set_index("subject_id")
+    assert by_id.loc["phantom-zf4-dicom", "ssim"] == by_id.loc["phantom-zf4", "ssim"]
+    assert by_id["ssim_masked"].notna().tolist() == [
+        s == "phantom-zf8-masked" for s in by_id.index]
+    assert by_id["noise_sigma"].tolist()[4:6] == [0.03, 0.05]  # a float covariate
 
 
 def test_parquet_metadata_holds_the_settings(tmp_path: Path) -> None:
@@ -101,7 +116,7 @@ def test_parquet_metadata_holds_the_settings(tmp_path: Path) -> None:
     assert s["ssim_2d_axis"] == 2 and "ssim_2d" in s["metrics"]
     assert meta["volqa_version"] == volqa.__version__ and meta["rows_ok"] == 2
     df = pd.read_parquet(out / "results.parquet")
-    assert df["ssim_2d"].notna().all() and set(df["preset"]) == {"skimage"}
+    assert df["ssim_2d"].notna().all() and set(df["ssim_preset"]) == {"skimage"}
 
 
 def test_identical_pair_writes_inf(tmp_path: Path) -> None:

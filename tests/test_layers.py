@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +148,7 @@ def test_resume_keeps_the_stored_settings_when_a_default_changes(tmp_path, monke
     defaults[i] = SSIMSettings(k2=0.05)
     monkeypatch.setattr(Settings.__init__, "__defaults__", tuple(defaults))
     fresh = volqa.score_manifest(manifest)
-    assert set(fresh["k2"]) == {0.05} and (fresh["ssim"] != first["ssim"]).all()  # in effect
+    assert set(fresh["ssim_k2"]) == {0.05} and (fresh["ssim"] != first["ssim"]).all()  # in effect
 
     calls = Counting()
     again = volqa.score_manifest(manifest, out=out, resume=True, scorer=calls)
@@ -168,14 +168,14 @@ def test_resume_with_a_changed_option_recomputes_and_says_why(tmp_path) -> None:
     assert changed.exit_code == 0, changed.output
     assert ("0 row(s) reused, 3 to compute (3 settings changed); settings changed: "
             "win_size 11 -> 7") in changed.stderr
-    assert set(pd.read_csv(out / "results.csv")["win_size"]) == {7}
+    assert set(pd.read_csv(out / "results.csv")["ssim_win_size"]) == {7}
     assert json.loads((out / "settings.json").read_text())["settings"]["ssim"]["win_size"] == 7
 
     write_nii(tmp_path / "data/s1_test.nii.gz", phantom(5))
     plain = cli.invoke(app, ["score", str(manifest), "--out", str(out), "--resume"])
     assert plain.exit_code == 0, plain.output
     assert "2 row(s) reused, 1 to compute (1 input file changed)" in plain.stderr
-    assert set(pd.read_csv(out / "results.csv")["win_size"]) == {7}  # from settings.json
+    assert set(pd.read_csv(out / "results.csv")["ssim_win_size"]) == {7}  # from settings.json
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -186,10 +186,13 @@ def test_version() -> None:
     assert result.exit_code == 0 and result.stdout.strip() == f"volqa {volqa.__version__}"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["score", "--help"], ["demo", "fit", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["score", "--help"], ["demo", "fit", "--help"],
+                                  ["compare", "--help"], ["report", "--help"]])
 def test_help_reads_right(args) -> None:
     text = cli.invoke(app, args, terminal_width=100).stdout
     assert "<bool>" not in text and "{" not in text
+    if args[0] in ("compare", "report"):
+        assert f"{args[0]} [OPTIONS] RESULTS..." in text and "Exit status: 0" in text
     if args[0] == "score":
         assert "score [OPTIONS] MANIFEST" in text
         assert "--resample " in text and "--save-maps " in text
@@ -285,6 +288,7 @@ def test_wheel_runs_the_demo_and_a_manifest_outside_the_checkout(tmp_path) -> No
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
                     str(src)], check=True, capture_output=True)
     (wheel,) = wheels.glob("volqa-*.whl")
+    assert "volqa/analysis/templates/report.html.j2" in zipfile.ZipFile(wheel).namelist()
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
     work = tmp_path / "elsewhere"

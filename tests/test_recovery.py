@@ -163,7 +163,7 @@ def test_failed_table_write_leaves_previous_tables(tmp_path, monkeypatch) -> Non
     monkeypatch.undo()
     calls = CountCalls()
     df = volqa.score_manifest(manifest, out=out, scorer=calls, resume=True, win_size=7)
-    assert calls.n == 0 and len(df) == 2 and set(df["win_size"]) == {7}
+    assert calls.n == 0 and len(df) == 2 and set(df["ssim_win_size"]) == {7}
 
 
 def test_atomic_write_many_replaces_all_or_nothing(tmp_path) -> None:
@@ -287,4 +287,4 @@ def test_signal_finishes_row_writes_tables_and_prints_resume(tmp_path, signum, c
     result = cli.invoke(app, argv[1:] + ["--no-progress"])
     assert result.exit_code == 0, result.output
     final = read_csv(out / "results.csv")
-    assert len(final) == 8 and set(final["win_size"]) == {"7"}
+    assert len(final) == 8 and set(final["ssim_win_size"]) == {"7"}

@@ -46,8 +46,13 @@ def test_score_pair_equals_engine_on_loaded_arrays(pair_files) -> None:
     assert row["psnr"] == pytest.approx(10 * math.log10(1.0 / np.mean(d * d)), rel=1e-12)
     assert row["shape"] == "20x18x16" and row["spacing"] == "1x1x1.5"
     assert row["device"] == "cpu" and row["seconds"] > 0
-    assert (row["window"], row["win_size"], row["sigma"]) == ("gaussian", 11, 1.5)
-    assert (row["covariance"], row["border"], row["preset"]) == ("population", "valid", None)
+    assert (row["ssim_window"], row["ssim_win_size"], row["ssim_sigma"]) == ("gaussian", 11, 1.5)
+    assert (row["ssim_covariance"], row["ssim_border"], row["ssim_preset"]) == (
+        "population", "valid", None)
+    # the normalisation map is in the row: min-max of the reference, no clipping
+    lo, hi = float(r.array.min()), float(r.array.max())
+    assert (row["norm_offset"], row["norm_clip_low"], row["norm_clip_high"]) == (lo, None, None)
+    assert row["norm_scale"] == pytest.approx(1 / (hi - lo), rel=1e-12)
     assert row["volqa_version"] == volqa.__version__
 
 
@@ -71,7 +76,8 @@ def test_volume_objects_and_ssim_2d_and_presets(pair_files) -> None:
     assert row["ssim_2d"] == float(
         volqa.ssim_slices(n.reference, n.test, axis=2, data_range=1.0, preset="skimage")
     )
-    assert (row["window"], row["win_size"], row["covariance"]) == ("uniform", 7, "sample")
+    assert (row["ssim_window"], row["ssim_win_size"], row["ssim_covariance"]) == (
+        "uniform", 7, "sample")
     fast = volqa.score_pair(r, t, preset="fastmri")
     assert fast["ssim"] == float(volqa.ssim_slices(n.reference, n.test, axis=0, data_range=1.0,
                                                    preset="fastmri"))

@@ -15,7 +15,7 @@ maps them to Arrow types (:data:`ARROW_TYPES` in :mod:`volqa.io.tables`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -191,17 +191,39 @@ HEAD_COLUMNS: tuple[Column, ...] = (
     Column("error", "string", "empty when ok; else subject '<id>': <file>: <cause>"),
 )
 
-#: The SSIM and normalisation settings of the row (read from the run's Settings).
+#: Every setting of the run, one column each (read from the run's Settings), named so that
+#: none can be mistaken for another: SSIM settings start with ``ssim_``, the intensity
+#: normalisation's with ``normalize``, ``percentile_`` or ``intensity_window_``. Parameters of
+#: other normalisation modes are empty.
 SETTING_COLUMNS: tuple[Column, ...] = (
-    Column("normalize", "string", "normalisation mode", lambda s: s.normalize),
-    Column("window", "string", "SSIM window", lambda s: s.ssim.window),
-    Column("win_size", "int64", "SSIM window length", lambda s: s.ssim.win_size),
-    Column("sigma", "float64", "Gaussian sigma (voxels)", lambda s: s.ssim.sigma),
-    Column("covariance", "string", "covariance estimator", lambda s: s.ssim.covariance),
-    Column("border", "string", "border handling", lambda s: s.ssim.border),
-    Column("preset", "string", "SSIM preset", lambda s: s.ssim.preset),
-    Column("k1", "float64", "SSIM K1", lambda s: s.ssim.k1),
-    Column("k2", "float64", "SSIM K2", lambda s: s.ssim.k2),
+    Column("normalize", "string", "intensity normalisation mode (--normalize)",
+           lambda s: s.normalize),
+    Column("data_range_fixed", "float64", "L fixed by --data-range (normalize none); empty: "
+           "from each reference", lambda s: s.data_range),
+    Column("percentile_low", "float64", "lower reference percentile (normalize percentile)",
+           lambda s: s.percentiles[0] if s.normalize == "percentile" else None),
+    Column("percentile_high", "float64", "upper reference percentile (normalize percentile)",
+           lambda s: s.percentiles[1] if s.normalize == "percentile" else None),
+    Column("intensity_window_level", "float64", "--window LEVEL (normalize window)",
+           lambda s: s.intensity_window[0] if s.intensity_window else None),
+    Column("intensity_window_width", "float64", "--window WIDTH (normalize window)",
+           lambda s: s.intensity_window[1] if s.intensity_window else None),
+    Column("ssim_preset", "string", "SSIM preset (--preset); empty: none",
+           lambda s: s.ssim.preset),
+    Column("ssim_window", "string", "SSIM window (--ssim-window)", lambda s: s.ssim.window),
+    Column("ssim_win_size", "int64", "SSIM window length in voxels", lambda s: s.ssim.win_size),
+    Column("ssim_sigma", "float64", "Gaussian SSIM window sigma (voxels)",
+           lambda s: s.ssim.sigma),
+    Column("ssim_covariance", "string", "covariance estimator", lambda s: s.ssim.covariance),
+    Column("ssim_border", "string", "border handling", lambda s: s.ssim.border),
+    Column("ssim_k1", "float64", "SSIM K1", lambda s: s.ssim.k1),
+    Column("ssim_k2", "float64", "SSIM K2", lambda s: s.ssim.k2),
+    Column("ssim_slices", "bool", "SSIM is the mean of 2-D slice SSIM (fastmri preset)",
+           lambda s: s.ssim.slices),
+    Column("ssim_2d_axis", "int64", "slice axis of the ssim_2d metric (--ssim-2d)",
+           lambda s: s.ssim_2d),
+    Column("resample", "bool", "--resample: tests/masks on another grid were allowed",
+           lambda s: s.resample),
 )
 
 #: Per-row facts, split around the setting columns: (before, after).
@@ -209,6 +231,12 @@ ROW_COLUMNS_BEFORE: tuple[Column, ...] = (
     Column("shape", "string", "reference shape IxJxK"),
     Column("spacing", "string", "reference voxel size in mm"),
     Column("data_range", "float64", "L used by SSIM and PSNR"),
+    Column("norm_offset", "float64", "normalisation map y = (clip(x) - offset) * scale: "
+           "offset, from the reference (min, mean, low percentile or window bottom)"),
+    Column("norm_scale", "float64", "normalisation map: scale"),
+    Column("norm_clip_low", "float64", "normalisation clipping, input units (percentile, "
+           "window)"),
+    Column("norm_clip_high", "float64", "normalisation clipping, input units"),
 )
 ROW_COLUMNS_AFTER: tuple[Column, ...] = (
     Column("reoriented", "string", "axis permutation/flip applied to test/mask"),
@@ -242,11 +270,15 @@ METRICS = MetricRegistry([
                 higher=False, default=True),
 ])
 
-def output_columns(manifest_columns: Sequence[str], metrics: Iterable[str], *,
-                   save_maps: bool = False) -> list[Column]:
-    """The output schema: manifest columns (text), status/error, the selected metrics in
-    registry order, the row facts and the setting columns."""
-    cols = [Column(c, "string") for c in manifest_columns]
+def output_columns(manifest_columns: Sequence[str] | Mapping[str, str], metrics: Iterable[str],
+                   *, save_maps: bool = False) -> list[Column]:
+    """The output schema: manifest columns (text, or name -> dtype for typed covariates),
+    status/error, the selected metrics in registry order, the row facts and the setting
+    columns."""
+    if isinstance(manifest_columns, Mapping):
+        cols = [Column(c, dtype) for c, dtype in manifest_columns.items()]
+    else:
+        cols = [Column(c, "string") for c in manifest_columns]
     cols += HEAD_COLUMNS
     cols += [METRICS[m].column for m in METRICS.ordered(metrics)]
     cols += ROW_COLUMNS_BEFORE + SETTING_COLUMNS

@@ -5,6 +5,7 @@ Only light modules are imported here (no torch, no pandas), so ``volqa --help`` 
 
 from __future__ import annotations
 
+import shlex
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -27,6 +28,41 @@ SsimWindow = _enum("SsimWindow", WINDOWS)
 Covariance = _enum("Covariance", COVARIANCES)
 Border = _enum("Border", BORDERS)
 Preset = _enum("Preset", PRESETS)
+
+
+Test = _enum("Test", ("wilcoxon", "t"))
+TableFormat = _enum("TableFormat", ("text", "markdown", "latex"))
+
+
+def given(ctx: typer.Context, name: str) -> bool:
+    """True when the option was given (command line or environment), not defaulted."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def plain(value: object) -> object:
+    """An enum option's value as its plain string."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command as given: ``volqa NAME ARGUMENTS --option value ...`` (options that were
+    not given are left out; flags as written)."""
+    args: list[str] = []
+    options: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        value = plain(ctx.params.get(name))
+        if param.param_type_name == "argument":
+            args += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+        elif given(ctx, name):
+            flag = max(param.opts, key=len)
+            if isinstance(value, bool):
+                secondary = max(getattr(param, "secondary_opts", []) or [""], key=len)
+                options.append(flag if value else secondary or flag)
+            else:
+                options += [flag, str(value)]
+    return shlex.join(["volqa", str(ctx.info_name), *args, *options])
 
 
 def pair(text: str | None, what: str) -> tuple[float, float] | None:
@@ -115,5 +151,49 @@ FailFastOpt = Annotated[bool, typer.Option(
 StrictOpt = Annotated[bool, typer.Option(
     "--strict", help="A listed file that does not exist is a manifest error (exit 2, nothing "
     "scored) instead of a failed row.")]
+GroupByOpt = Annotated[str | None, typer.Option(
+    "--group-by", metavar="COLUMN", help="Summarise each value of this manifest column (e.g. "
+    "method) on its own at the end (default: all rows together).", show_default=False)]
 ProgressOpt = Annotated[bool, typer.Option(
     "--progress/--no-progress", help="Progress bar on stderr.")]
+
+
+# -- volqa compare / volqa report ------------------------------------------------------------
+
+ResultsArg = Annotated[list[Path], typer.Argument(
+    metavar="RESULTS", help="Result tables of volqa score (results.parquet or results.csv; "
+    "one per method or one merged).", exists=True, dir_okay=False, readable=True,
+    show_default=False)]
+ByOpt = Annotated[str, typer.Option(
+    "--by", metavar="COLUMN", help="The column that names the method.")]
+SubjectOpt = Annotated[str, typer.Option(
+    "--subject", metavar="COLUMN", help="The column that pairs rows of different methods.")]
+CompareMetricsOpt = Annotated[str | None, typer.Option(
+    "--metrics", metavar="M1,M2", help="Metrics to compare (default: every metric in the "
+    "tables).", show_default=False)]
+BaselineOpt = Annotated[str | None, typer.Option(
+    "--baseline", metavar="NAME", help="Compare every method with this one (default: all "
+    "pairs); marks significance against it in the paper table.", show_default=False)]
+GroupOpt = Annotated[str | None, typer.Option(
+    "--group", metavar="COLUMN", help="Analyse each value of this column on its own (site, "
+    "region, ...).", show_default=False)]
+TestOpt = Annotated[Test, typer.Option(  # type: ignore[valid-type]
+    "--test", help="Paired test: Wilcoxon signed-rank or paired t.")]
+NBootOpt = Annotated[int, typer.Option(
+    "--n-boot", min=100, help="Bootstrap replicates (BCa intervals, ranking stability).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")]
+AllowSettingsOpt = Annotated[bool, typer.Option(
+    "--allow-different-settings", help="Compare tables scored with different settings "
+    "anyway; the differences are written into every output.")]
+CompareOutOpt = Annotated[Path, typer.Option(
+    "--out", "-o", help="Folder for summary, pairwise, ranking (.csv, .parquet), long.parquet "
+    "and compare.json.", file_okay=False)]
+FormatOpt = Annotated[TableFormat, typer.Option(  # type: ignore[valid-type]
+    "--format", help="Format of the printed paper table.")]
+ReportOutOpt = Annotated[Path, typer.Option(
+    "--out", "-o", help="The HTML file to write (self-contained).", dir_okay=False)]
+FiguresOpt = Annotated[Path | None, typer.Option(
+    "--figures", metavar="DIR", help="Also write every figure as PNG and SVG into DIR.",
+    file_okay=False, show_default=False)]
+WorstOpt = Annotated[int, typer.Option(
+    "--worst", min=0, help="Worst subjects per method shown as slices (0: none).")]

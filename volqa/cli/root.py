@@ -22,8 +22,13 @@ class Command(TyperCommand):
     the metric registry as it is when the help is shown."""
 
     def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
-        pieces = super().collect_usage_pieces(ctx)
-        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
+        pieces = []
+        for piece in super().collect_usage_pieces(ctx):
+            core, dots = (piece[:-3], "...") if piece.endswith("...") else (piece, "")
+            if core.startswith("{") and core.endswith("}"):
+                core = core[1:-1]
+            pieces.append(core + dots)
+        return pieces
 
     def format_help(self, ctx: typer.Context, formatter) -> None:  # type: ignore[override]
         from .options import metrics_help
@@ -63,9 +68,11 @@ def _root(
 
 
 def _register() -> None:
-    from . import demo, score
+    from . import compare, demo, report, score
 
     app.command("score", cls=Command, epilog=score.EPILOG)(score.score)
+    app.command("compare", cls=Command, epilog=compare.EPILOG)(compare.compare)
+    app.command("report", cls=Command, epilog=report.EPILOG)(report.report)
     app.add_typer(demo.demo_app, name="demo")
 
 

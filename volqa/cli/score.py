@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import shlex
 import signal
-from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -25,6 +23,7 @@ from .options import (
     Device,
     DeviceOpt,
     FailFastOpt,
+    GroupByOpt,
     IntensityWindowOpt,
     K1Opt,
     K2Opt,
@@ -47,7 +46,10 @@ from .options import (
     StrictOpt,
     WinSizeOpt,
     WorkersOpt,
+    command_line,
+    given,
     pair,
+    plain,
 )
 
 EPILOG = ("Exit status: 0 every row scored; 1 some rows failed (the others are in the tables); "
@@ -56,7 +58,8 @@ EPILOG = ("Exit status: 0 every row scored; 1 some rows failed (the others are i
 
 # command-line parameter -> option name of Settings/Execution.from_options
 _RENAMED = {"ssim_window": "window"}
-_RUN_CONTROL = {"manifest", "out", "resume", "overwrite", "fail_fast", "strict", "progress"}
+_RUN_CONTROL = {"manifest", "out", "resume", "overwrite", "fail_fast", "strict", "progress",
+                "group_by"}
 
 
 def score(
@@ -86,26 +89,33 @@ def score(
     overwrite: OverwriteOpt = False,
     fail_fast: FailFastOpt = False,
     strict: StrictOpt = False,
+    group_by: GroupByOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Score every reference/test pair of MANIFEST; write OUT/results.csv and .parquet."""
     from ..errors import ManifestError, SettingsError
+    from ..io.manifest import read_manifest
     from ..pipeline import BatchInterrupted, score_manifest
     from ..pipeline.summary import summarize
     from ..schema import METRICS
 
-    given = {name: _plain(value) for name, value in ctx.params.items()
-             if name not in _RUN_CONTROL
-             and _given(ctx, name)}
-    if "percentiles" in given:
-        given["percentiles"] = pair(given["percentiles"], "--percentiles LOW,HIGH")
-    if "intensity_window" in given:
-        given["intensity_window"] = pair(given["intensity_window"], "--window LEVEL,WIDTH")
-    options = {_RENAMED.get(k, k): v for k, v in given.items()}
+    options_given = {name: plain(value) for name, value in ctx.params.items()
+                     if name not in _RUN_CONTROL and given(ctx, name)}
+    if "percentiles" in options_given:
+        options_given["percentiles"] = pair(options_given["percentiles"],
+                                            "--percentiles LOW,HIGH")
+    if "intensity_window" in options_given:
+        options_given["intensity_window"] = pair(options_given["intensity_window"],
+                                                 "--window LEVEL,WIDTH")
+    options = {_RENAMED.get(k, k): v for k, v in options_given.items()}
     resume_argv = ["volqa", "score", str(manifest), "--out", str(out), "--resume"]
+    command = command_line(ctx)
     try:
+        if group_by is not None:
+            _check_group_by(read_manifest(manifest).columns, group_by)
         frame = score_manifest(manifest, out=out, resume=resume, overwrite=overwrite,
-                               fail_fast=fail_fast, strict=strict, progress=progress, **options)
+                               fail_fast=fail_fast, strict=strict, progress=progress,
+                               command=command, **options)
     except (ManifestError, SettingsError) as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
@@ -113,7 +123,7 @@ def score(
         rows = [] if stop.results is None else stop.results.to_dict("records")
         names = [m for m in METRICS.names() if stop.results is not None
                  and m in stop.results.columns]
-        typer.echo(summarize(rows, names, total=stop.total))
+        typer.echo(summarize(rows, names, total=stop.total, group_by=group_by))
         name = signal.Signals(stop.signum).name
         _err(f"interrupted by {name} after {stop.done} of {stop.total} rows; the finished rows "
              f"are in {out}/results.csv and results.parquet. To continue, run:\n  "
@@ -122,7 +132,7 @@ def score(
     meta = frame.attrs["volqa"]
     typer.echo(summarize(frame.to_dict("records"),
                          [m for m in METRICS.names() if m in frame.columns],
-                         total=meta["rows_total"]))
+                         total=meta["rows_total"], group_by=group_by))
     typer.echo(f"wrote {out / 'results.csv'} and {out / 'results.parquet'}")
     if meta["rows_done"] < meta["rows_total"]:
         _err(f"stopped after the first failed row (--fail-fast): {meta['rows_done']} of "
@@ -131,14 +141,12 @@ def score(
         raise typer.Exit(1)
 
 
-def _given(ctx: typer.Context, name: str) -> bool:
-    """True when the option was given (command line or environment), not defaulted."""
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+def _check_group_by(columns: tuple[str, ...], group_by: str) -> None:
+    from ..errors import SettingsError
 
-
-def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, Enum) else value
+    if group_by not in columns:
+        raise SettingsError(f"--group-by {group_by!r} is not a column of the manifest "
+                            f"(columns: {', '.join(columns)}).")
 
 
 def _err(message: str) -> None:

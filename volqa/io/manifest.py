@@ -14,20 +14,21 @@ accepted) with the columns
 ``mask`` (optional column; a cell may be empty)
     A binary or label mask in the reference's geometry.
 
-Every other column (site, method, acceleration, ...) is carried unchanged, as text, into the
-output row. Relative paths resolve against the folder that holds the manifest, not against the
-working directory. A DICOM folder holding several series names one of them as
-``folder#<SeriesInstanceUID>``; the suffix is kept and split off by
-:func:`volqa.io.paths.split_series`.
+Every other column (site, method, acceleration, ...) is a covariate, carried into every output
+row with one type per column: integer, float, boolean or text, inferred from its cells or
+declared in the header as ``NAME:TYPE`` (rules in :mod:`volqa.io.covariates`). Relative paths
+resolve against the folder that holds the manifest, not against the working directory. A DICOM
+folder holding several series names one of them as ``folder#<SeriesInstanceUID>``; the suffix
+is kept and split off by :func:`volqa.io.paths.split_series`.
 
 Validation is about the manifest's *structure* and happens before any subject is scored:
 not UTF-8, not a CSV, no data rows, missing or duplicated columns, columns that collide with
-volqa's output columns, empty required cells, rows with the wrong number of fields, and
-duplicate ``(subject_id, test)`` pairs. Every problem is collected into one
-:class:`~volqa.errors.ManifestError`. A listed file that does not exist is *not* a manifest
-error by default (the row fails and the batch goes on); :func:`missing_files` lists them all
-for a pre-flight warning, and ``strict=True`` in :func:`read_manifest` turns them into
-manifest errors.
+volqa's output columns, empty required cells, rows with the wrong number of fields, duplicate
+``(subject_id, test)`` pairs, and cells that do not fit a declared covariate type. Every problem
+is collected into one :class:`~volqa.errors.ManifestError`. A listed file that does not exist
+is *not* a manifest error by default (the row fails and the batch goes on);
+:func:`missing_files` lists them all for a pre-flight warning, and ``strict=True`` in
+:func:`read_manifest` turns them into manifest errors.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pathlib import Path
 
 from ..errors import ManifestError
 from ..schema import reserved_columns
+from .covariates import DTYPE_OF, infer_type, misfits, parse_cell, split_declaration
 from .paths import split_series
 
 __all__ = [
@@ -106,14 +108,27 @@ class Manifest:
     path : Path
         The manifest file.
     columns : tuple of str
-        Column names in file order (header cells with surrounding whitespace removed).
+        Column names in file order (header cells with surrounding whitespace and a
+        ``:TYPE`` declaration removed).
     rows : tuple of ManifestRow
         Data rows in file order.
+    types : Mapping[str, str]
+        Covariate column -> ``integer``, ``float``, ``boolean`` or ``text`` (declared or
+        inferred, see :mod:`volqa.io.covariates`); the path and id columns are not listed.
     """
 
     path: Path
     columns: tuple[str, ...]
     rows: tuple[ManifestRow, ...]
+    types: Mapping[str, str] = field(default_factory=dict)
+
+    def dtypes(self) -> dict[str, str]:
+        """Every column's output dtype (``string`` unless a covariate has another type)."""
+        return {c: DTYPE_OF[self.types.get(c, "text")] for c in self.columns}
+
+    def typed(self, row: ManifestRow) -> dict[str, object]:
+        """A row's cells as typed values for the output row (None for an empty cell)."""
+        return {c: parse_cell(v, self.types.get(c, "text")) for c, v in row.values.items()}
 
     @property
     def has_mask(self) -> bool:
@@ -203,7 +218,18 @@ def read_manifest(path: str | os.PathLike[str], *, strict: bool = False) -> Mani
         )
     problems: list[str] = []
     _, header_cells = records[0]
-    header = tuple(c.strip() for c in header_cells)
+    declared = {}
+    header_list = []
+    for cell in header_cells:
+        name, kind = split_declaration(cell.strip())
+        header_list.append(name)
+        if kind is not None:
+            declared[name] = kind
+    header = tuple(header_list)
+    fixed = [c for c in declared if c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if fixed:
+        problems.append(f"column(s) {', '.join(map(repr, fixed))} cannot have a declared type "
+                        "(paths and subject ids are text); remove ':TYPE' from their header.")
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         hint = ""
@@ -275,7 +301,8 @@ def read_manifest(path: str | os.PathLike[str], *, strict: bool = False) -> Mani
             seen[key] = index
         rows.append(ManifestRow(index, line, subject, ref, test, mask, values))
 
-    manifest = Manifest(mpath, header, tuple(rows))
+    types = _covariate_types(header, rows, declared, problems)
+    manifest = Manifest(mpath, header, tuple(rows), types)
     if strict and not problems:
         problems.extend(missing_files(manifest))
     if problems:
@@ -305,6 +332,27 @@ def missing_files(manifest: Manifest) -> list[str]:
             if not os.path.exists(fs_path):
                 out.append(f"{row.where()}: {role} file not found: {fs_path}")
     return out
+
+
+def _covariate_types(header: tuple[str, ...], rows: list[ManifestRow],
+                     declared: Mapping[str, str], problems: list[str]) -> dict[str, str]:
+    """Each covariate's type: declared (its cells checked) or inferred from its cells."""
+    types = {}
+    for col in header:
+        if col in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+            continue
+        cells = [r.values[col] for r in rows]
+        kind = declared.get(col)
+        if kind is None:
+            kind = infer_type(cells)
+        else:
+            bad = misfits(cells, kind)
+            if bad:
+                shown = ", ".join(map(repr, bad[:5])) + (" ..." if len(bad) > 5 else "")
+                problems.append(f"column {col!r} is declared {kind} but {len(bad)} cell(s) are "
+                                f"not: {shown}; fix the cells or the declaration.")
+        types[col] = kind
+    return types
 
 
 def _records(text: str):

@@ -1,10 +1,13 @@
 """The result tables: ``results.csv`` and ``results.parquet``, typed from the schema.
 
 Column types come from :mod:`volqa.schema` (``string``, ``float64``, ``int64``, ``bool``):
-the manifest's columns are strings, metric columns float64 (null where not computed; ``psnr``
-is ``inf`` for identical images). The CSV holds the same values as text. The run's metadata
-(settings, version, counts) is stored as JSON under the key ``volqa`` of the Parquet schema
-metadata. Both files are written together through :func:`volqa.io.atomic.atomic_write_many`.
+the manifest's covariates have the type :mod:`volqa.io.covariates` gives them (the other manifest
+columns are strings), metric columns float64 (null where not computed; ``psnr`` is ``inf`` for
+identical images). The CSV holds the same values as text, so that both files read back alike:
+a null is an empty field, integers are written without a decimal point even when a column has
+nulls, booleans as ``True``/``False``. The run's metadata (settings, version, counts) is stored
+as JSON under the key ``volqa`` of the Parquet schema metadata. Both files are written
+together through :func:`volqa.io.atomic.atomic_write_many`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ _CAST = {"string": str, "float64": float, "int64": int, "bool": bool}
 
 def _cell(value: Any, dtype: str) -> Any:
     return None if value is None else _CAST[dtype](value)
+
+
+def _pandas_int64() -> object:
+    import pandas as pd
+
+    return pd.Int64Dtype()  # nullable: 4 stays "4" in the CSV next to an empty cell
 
 
 def build_table(
@@ -78,7 +87,7 @@ def write_tables(table: pa.Table, out_dir: str | os.PathLike[str]) -> tuple[Path
 
     out = Path(out_dir)
     csv_path, pq_path = out / CSV_NAME, out / PARQUET_NAME
-    frame = table.to_pandas()
+    frame = table.to_pandas(types_mapper={pa.int64(): _pandas_int64()}.get)
     atomic_write_many({
         pq_path: lambda tmp: pq.write_table(table, tmp),
         csv_path: lambda tmp: frame.to_csv(tmp, index=False, lineterminator="\n"),

@@ -68,9 +68,11 @@ def score_pair(
     Returns
     -------
     dict
-        The metrics, ``shape``, ``spacing`` (mm), ``data_range``, the setting columns
-        (``normalize, window, win_size, sigma, covariance, border, preset, k1, k2``),
-        ``reoriented``, ``resampled``, ``device``, ``seconds``, ``notes``, ``volqa_version``.
+        The metrics, ``shape``, ``spacing`` (mm), ``data_range``, the normalisation map
+        (``norm_offset``, ``norm_scale``, ``norm_clip_low``, ``norm_clip_high``), the setting
+        columns (:data:`volqa.schema.SETTING_COLUMNS`: ``normalize``, ``ssim_window``,
+        ``ssim_win_size``, ...), ``reoriented``, ``resampled``, ``device``, ``seconds``,
+        ``notes``, ``volqa_version``.
 
     Raises
     ------
@@ -109,6 +111,7 @@ def score_manifest(
     progress: bool = False,
     scorer: RowScorer | None = None,
     executor: Executor | None = None,
+    command: str | None = None,
     **options: Any,
 ) -> pd.DataFrame:
     """Score every row of a manifest; one output row per manifest row, in manifest order.
@@ -141,6 +144,9 @@ def score_manifest(
         Progress bar and warnings (missing files, what resume reuses) on stderr.
     scorer, executor : optional
         Replace the row scorer or the executor (default: read-ahead threads).
+    command : str, optional
+        The command line that started the run, recorded in ``settings.json`` and the Parquet
+        metadata (the CLI passes its own).
 
     Returns
     -------
@@ -171,7 +177,8 @@ def score_manifest(
     journal = load_journal(out_dir / JOURNAL_NAME) if resume and out_dir is not None else {}
     plan = plan_resume(manifest.rows, journal, s.hash())
     meta = {
-        "format": SETTINGS_FORMAT, "volqa_version": __version__, "manifest": str(manifest.path),
+        "format": SETTINGS_FORMAT, "volqa_version": __version__,
+        "manifest": str(manifest.path.resolve()), "command": command,
         "manifest_sha256": hashlib.sha256(manifest.path.read_bytes()).hexdigest(),
         "settings": s.as_dict(), "settings_hash": s.hash(), "execution": ex.as_dict(),
         "resume": {"reused": len(plan.reused), "computed": len(plan.todo),

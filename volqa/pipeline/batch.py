@@ -142,12 +142,12 @@ class Batch:
 
     def _write(self, results: dict[int, dict[str, Any]]) -> pd.DataFrame:
         settings = self.settings
-        columns = output_columns(self.manifest.columns, settings.metrics or (),
+        columns = output_columns(self.manifest.dtypes(), settings.metrics or (),
                                  save_maps=settings.save_maps)
         setting_values = settings.columns()
         done = []
         for i in sorted(results):
-            row = dict(self.manifest.rows[i].values)
+            row = self.manifest.typed(self.manifest.rows[i])
             row.update(setting_values)
             row.update(results[i])
             done.append(row)

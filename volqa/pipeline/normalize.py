@@ -87,6 +87,12 @@ class Normalized:
     scale: float = 1.0
     clip: tuple[float, float] | None = None
 
+    def fields(self) -> dict[str, float | None]:
+        """The map as the output row's ``norm_*`` columns (:data:`volqa.schema.ROW_COLUMNS`)."""
+        low, high = self.clip if self.clip is not None else (None, None)
+        return {"norm_offset": self.offset, "norm_scale": self.scale,
+                "norm_clip_low": low, "norm_clip_high": high}
+
 
 def percentiles(array: np.ndarray, q: Sequence[float]) -> np.ndarray:
     """Exact percentiles of an array of any size, linear interpolation, float64 result.

@@ -17,7 +17,7 @@ from typing import Any
 from ..io.manifest import PATH_COLUMNS, Manifest, ManifestRow
 from ..io.paths import split_series
 
-__all__ = ["printable", "row_labels", "Progress"]
+__all__ = ["printable", "row_labels", "distinct_tails", "Progress"]
 
 _MAX_LABEL = 60
 
@@ -36,7 +36,7 @@ def row_labels(manifest: Manifest) -> dict[int, str]:
     labels = {}
     for subject, rows in by_subject.items():
         differ = [c for c in covariates if len({r.values[c] for r in rows}) > 1]
-        tails = _distinct_tails([split_series(r.test)[0] for r in rows])
+        tails = distinct_tails([split_series(r.test)[0] for r in rows])
         for row, tail in zip(rows, tails, strict=True):
             label = subject
             if len(rows) > 1:
@@ -46,7 +46,7 @@ def row_labels(manifest: Manifest) -> dict[int, str]:
     return labels
 
 
-def _distinct_tails(paths: Sequence[str]) -> list[str]:
+def distinct_tails(paths: Sequence[str]) -> list[str]:
     """The fewest trailing path components that tell ``paths`` apart (all of them if none)."""
     parts = [os.path.normpath(p).split(os.sep) for p in paths]
     for k in range(1, max(len(p) for p in parts) + 1):

@@ -36,7 +36,8 @@ from ..settings import Settings
 from .context import PairContext
 from .devices import run_with_oom_fallback
 
-__all__ = ["RowJob", "RowResult", "Prepared", "EngineResult", "RowFailure", "RowScorer"]
+__all__ = ["RowJob", "RowResult", "Prepared", "EngineResult", "RowFailure", "RowScorer",
+           "padded_map"]
 
 Source = str | os.PathLike[str] | Volume
 
@@ -211,6 +212,7 @@ class RowScorer:
             norm = normalize(ref_v.array, test_v.array, settings)
             role = None
             fields["data_range"] = norm.data_range
+            fields.update(norm.fields())
             ctx = PairContext(norm.reference, norm.test, mask, norm.data_range, settings)
             fields.update(ctx.compute(m for m in _selected(settings) if not m.engine))
             notes.extend(ctx.notes)
@@ -261,12 +263,19 @@ class RowScorer:
         return EngineResult(values, ctx.notes, ctx.ssim_map() if keep_map else None)
 
 
+def padded_map(smap: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """An SSIM map (engine shape) in an array of the volume's ``shape``, NaN where the
+    window does not fit (what ``--save-maps`` writes)."""
+    from ..engine.tiling import map_region
+
+    full = np.full(shape, np.nan, dtype=np.float32)
+    full[map_region(shape, smap.shape)] = smap
+    return full
+
+
 def _save_map(smap: np.ndarray, reference: Volume, path: Path) -> None:
     """Write the map NaN-padded to the reference shape, in the reference's geometry."""
-    from ..engine.tiling import map_region
     from ..io.nifti import write_nifti
 
-    full = np.full(reference.shape, np.nan, dtype=np.float32)
-    full[map_region(reference.shape, smap.shape)] = smap
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_nifti(full, reference, path)
+    write_nifti(padded_map(smap, reference.shape), reference, path)
