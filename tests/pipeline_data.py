@@ -9,8 +9,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 SHAPE = (20, 18, 16)
+UID_ROOT = "1.2.826.0.1.3680043.8.498.7301"  # DICOM UIDs written by the tests
 AFFINE = np.diag([1.0, 1.0, 1.5, 1.0])
 
 
@@ -92,3 +95,51 @@ def make_affine(matrix, spacing=(0.8, 0.9, 1.5), origin=(-20.0, 15.5, 30.25)) ->
     affine[:3, :3] = np.asarray(matrix, dtype=float) * spacing
     affine[:3, 3] = origin
     return affine
+
+
+def save_dicom_series(folder: Path, raw: np.ndarray, *, uid: str, description: str,
+                      depths: np.ndarray | None = None, slope: float = 1.0,
+                      intercept: float = 0.0, skip: tuple[int, ...] = (),
+                      pixel_spacing: dict[int, float] | None = None) -> None:
+    """Write an int16 (i, j, k) array as a CT series with pydicom, one file per k slice.
+
+    Pixel (row r, column c) of slice k holds ``raw[c, r, k]``; ImagePositionPatient is
+    ``(0, 0, depths[k])`` mm (LPS), orientation ``1\\0\\0\\0\\1\\0``, PixelSpacing 1 mm
+    (``pixel_spacing`` gives other values for some slices). Slices listed in ``skip`` are not
+    written (a series with missing slices).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    depths = np.arange(raw.shape[2]) * 1.5 if depths is None else np.asarray(depths)
+    for k in range(raw.shape[2]):
+        if k in skip:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = f"{uid}.{k + 1}"
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = f"{uid}.{k + 1}"
+        ds.StudyInstanceUID = f"{UID_ROOT}.1"
+        ds.SeriesInstanceUID = uid
+        ds.FrameOfReferenceUID = f"{UID_ROOT}.2"
+        ds.Modality = "CT"
+        ds.PatientID = "volqa-catalogue"
+        ds.SeriesDescription = description
+        ds.SeriesNumber = int(uid.rsplit(".", 1)[1])
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(depths[k])]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [(pixel_spacing or {}).get(k, 1.0)] * 2
+        ds.SliceThickness = 1.5
+        ds.Rows, ds.Columns = raw.shape[1], raw.shape[0]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        ds.RescaleSlope = f"{slope:g}"
+        ds.RescaleIntercept = f"{intercept:g}"
+        ds.PixelData = np.ascontiguousarray(raw[:, :, k].T).astype("<i2").tobytes()
+        ds.save_as(folder / f"{description}_{k:03d}.dcm", enforce_file_format=True)

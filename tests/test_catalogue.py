@@ -34,9 +34,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from skimage.metrics import structural_similarity
+from pipeline_data import UID_ROOT, save_dicom_series
 from typer.testing import CliRunner
 
 from volqa.cli import app
@@ -48,7 +47,6 @@ BATCH_OPTIONS = ("--ssim-window", "uniform", "--win-size", str(WIN), "--no-progr
 
 # DICOM series written by this module: LPS identity orientation, 1 x 1 mm pixels, 1.5 mm
 # slices (RAS affine diag(-1, -1, 1.5)); only DICOM is compared with DICOM.
-UID_ROOT = "1.2.826.0.1.3680043.8.498.7301"
 UID_MULTI_A = f"{UID_ROOT}.11"
 UID_MULTI_B = f"{UID_ROOT}.12"
 
@@ -89,52 +87,6 @@ def save_nii(path: Path, array: np.ndarray, affine: np.ndarray = AFFINE, *,
         image.header.set_slope_inter(slope, inter)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, str(path))
-
-
-def save_dicom_series(folder: Path, raw: np.ndarray, *, uid: str, description: str,
-                      depths: np.ndarray | None = None, slope: float = 1.0,
-                      intercept: float = 0.0, skip: tuple[int, ...] = ()) -> None:
-    """Write an int16 (i, j, k) array as a CT series with pydicom, one file per k slice.
-
-    Pixel (row r, column c) of slice k holds ``raw[c, r, k]``; ImagePositionPatient is
-    ``(0, 0, depths[k])`` mm (LPS), orientation ``1\\0\\0\\0\\1\\0``. Slices listed in
-    ``skip`` are not written (a series with missing slices).
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    depths = np.arange(raw.shape[2]) * 1.5 if depths is None else np.asarray(depths)
-    for k in range(raw.shape[2]):
-        if k in skip:
-            continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = f"{uid}.{k + 1}"
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = f"{uid}.{k + 1}"
-        ds.StudyInstanceUID = f"{UID_ROOT}.1"
-        ds.SeriesInstanceUID = uid
-        ds.FrameOfReferenceUID = f"{UID_ROOT}.2"
-        ds.Modality = "CT"
-        ds.PatientID = "volqa-catalogue"
-        ds.SeriesDescription = description
-        ds.SeriesNumber = int(uid.rsplit(".", 1)[1])
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [0.0, 0.0, float(depths[k])]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.SliceThickness = 1.5
-        ds.Rows, ds.Columns = raw.shape[1], raw.shape[0]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleSlope = f"{slope:g}"
-        ds.RescaleIntercept = f"{intercept:g}"
-        ds.PixelData = np.ascontiguousarray(raw[:, :, k].T).astype("<i2").tobytes()
-        ds.save_as(folder / f"{description}_{k:03d}.dcm", enforce_file_format=True)
 
 
 def rotated(affine: np.ndarray, degrees: float) -> np.ndarray:

@@ -51,8 +51,8 @@ def test_bundled_manifest_end_to_end(tmp_path: Path) -> None:
     expected = manifest_cols + [
         "status", "error", "ssim", "ssim_masked", "psnr", "nrmse", "mae", "mse", "shape",
         "spacing", "data_range", "normalize", "window", "win_size", "sigma", "covariance",
-        "border", "preset", "k1", "k2", "reoriented", "resampled", "device", "seconds",
-        "notes", "volqa_version",
+        "border", "preset", "k1", "k2", "reoriented", "resampled", "coverage", "device",
+        "seconds", "notes", "volqa_version",
     ]  # fmt: skip
     assert list(df.columns) == expected
     schema = table.schema
@@ -126,7 +126,8 @@ def test_failed_row_exit_1_and_batch_goes_on(tmp_path: Path) -> None:
     err = df.loc[1, "error"]
     assert "sub-01" in err and "s1_test.nii.gz" in err and "no such file" in err
     assert df.loc[1, "ssim"] == "" and df.loc[0, "ssim"] != ""
-    assert "2 ok, 1 failed" in result.stdout and "failed: subject 'sub-01'" in result.stdout
+    assert "2 ok, 1 failed" in result.stdout and "failed: subject 'sub-01'" in result.stderr
+    assert "failed:" not in result.stdout  # messages go to stderr, as the README says
 
 
 def test_strict_makes_missing_files_a_manifest_error(tmp_path: Path) -> None:

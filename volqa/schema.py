@@ -212,6 +212,8 @@ ROW_COLUMNS_BEFORE: tuple[Column, ...] = (
 ROW_COLUMNS_AFTER: tuple[Column, ...] = (
     Column("reoriented", "string", "axis permutation/flip applied to test/mask"),
     Column("resampled", "bool", "test/mask resampled onto the reference grid"),
+    Column("coverage", "float64", "with --resample: fraction of the reference grid inside the "
+           "test's extent"),
     Column("device", "string", "where SSIM ran"),
     Column("seconds", "float64", "wall time of the row"),
     Column("notes", "string", "non-fatal findings"),
