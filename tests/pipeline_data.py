@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
+import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -73,11 +75,14 @@ def make_batch(root: Path, n: int = 4, *, mask: bool = False, noise: float = 4.0
 
 
 def sha256_tree(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` (relative path -> digest)."""
+    """sha256 of every file under ``root`` (relative path -> digest; FIFOs and devices, which
+    cannot be read without blocking, as "<special>")."""
     out = {}
     for p in sorted(root.rglob("*")):
         if p.is_file():
             out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+        elif not p.is_dir():
+            out[str(p.relative_to(root))] = "<special>"
     return out
 
 
@@ -143,3 +148,53 @@ def save_dicom_series(folder: Path, raw: np.ndarray, *, uid: str, description: s
         ds.RescaleIntercept = f"{intercept:g}"
         ds.PixelData = np.ascontiguousarray(raw[:, :, k].T).astype("<i2").tobytes()
         ds.save_as(folder / f"{description}_{k:03d}.dcm", enforce_file_format=True)
+
+
+def write_damaged_nii(path: Path, array: np.ndarray, affine: np.ndarray | None = AFFINE,
+                      dtype: type | None = None, **fields: object) -> Path:
+    """A NIfTI-1 file whose stored header fields are then overwritten by ``fields`` in the
+    file's bytes, as a damaged file holds them (nibabel would fix them when saving)."""
+    raw = nib.Nifti1Image(array, affine, dtype=dtype).to_bytes()
+    stored = nib.Nifti1Header.from_fileobj(io.BytesIO(raw), check=False)
+    for key, value in fields.items():
+        stored[key] = value
+    raw = stored.binaryblock + raw[348:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
+
+
+def write_huge_nii(path: Path, shape: tuple[int, ...], dtype: type = np.float32,
+                   body: int = 4096) -> Path:
+    """A valid NIfTI header declaring ``shape`` followed by only ``body`` bytes of data."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header["vox_offset"] = 352
+    raw = header.binaryblock + b"\0" * 4 + bytes(body)
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
+
+
+def write_huge_dicom(path: Path, rows: int = 4096, columns: int = 4096,
+                     frames: int = 200) -> Path:
+    """A 2.5 KB multi-frame DICOM file declaring rows x columns x frames 16-bit pixels."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7.3"  # multi-frame greyscale word
+    meta.MediaStorageSOPInstanceUID = f"{UID_ROOT}.99.1"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes(2048)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -7,8 +7,6 @@ test_catalogue.py)."""
 
 from __future__ import annotations
 
-import gzip
-import io
 import math
 import os
 import re
@@ -19,7 +17,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 from nibabel.affines import apply_affine
-from pipeline_data import UID_ROOT, make_affine, phantom, rotation, save_dicom_series, write_nii
+from pipeline_data import (
+    UID_ROOT,
+    make_affine,
+    phantom,
+    rotation,
+    save_dicom_series,
+    write_damaged_nii,
+    write_nii,
+)
 from skimage.metrics import structural_similarity
 from typer.testing import CliRunner
 
@@ -35,17 +41,9 @@ cli = CliRunner()
 
 
 def nifti(path: Path, array: np.ndarray | None = None, affine: np.ndarray | None = AFFINE,
-          dtype: type | None = None, **header: float) -> Path:
-    """A NIfTI file whose stored header fields are then overwritten by ``header`` (in the
-    file's bytes, as a damaged file would hold them: nibabel would fix them on save)."""
-    data = phantom(1, SHAPE) if array is None else array
-    raw = nib.Nifti1Image(data, affine, dtype=dtype).to_bytes()
-    stored = nib.Nifti1Header.from_fileobj(io.BytesIO(raw), check=False)
-    for key, value in header.items():
-        stored[key] = value
-    raw = stored.binaryblock + raw[348:]
-    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
-    return path
+          dtype: type | None = None, **fields: object) -> Path:
+    return write_damaged_nii(path, phantom(1, SHAPE) if array is None else array, affine,
+                             dtype, **fields)
 
 
 # ----------------------------------------------------------------------- NIfTI header fields
@@ -54,8 +52,10 @@ def nifti(path: Path, array: np.ndarray | None = None, affine: np.ndarray | None
 @pytest.mark.parametrize(("fields", "pattern"), [
     ({"srow_x": [1.0, 0.0, 0.0, np.nan]}, r"srow_x = \[1\.0, 0\.0, 0\.0, nan\] has non-finite"),
     ({"srow_y": [0.0, np.inf, 0.0, 0.0]}, r"srow_y = \[0\.0, inf, 0\.0, 0\.0\] has non-finite"),
-    ({"sform_code": 0, "qform_code": 1, "quatern_b": np.nan}, r"quatern_b = \[nan\] has non-finite"),
-    ({"sform_code": 0, "qform_code": 1, "qoffset_x": np.inf}, r"qoffset_x = \[inf\] has non-finite"),
+    ({"sform_code": 0, "qform_code": 1, "quatern_b": np.nan},
+     r"quatern_b = \[nan\] has non-finite"),
+    ({"sform_code": 0, "qform_code": 1, "qoffset_x": np.inf},
+     r"qoffset_x = \[inf\] has non-finite"),
     ({"sform_code": 0, "pixdim": [1.0, 1.0, 0.0, 1.5, 0, 0, 0, 0]},
      r"zero voxel size in the header: pixdim\[1:4\] = \[1\.0, 0\.0, 1\.5\]"),
     ({"srow_y": [0.0, 0.0, 0.0, 0.0]}, r"the sform \(voxel-to-world matrix\) is singular"),

@@ -30,7 +30,9 @@ from .options import (
     K2Opt,
     ManifestArg,
     MaxMemoryOpt,
+    MaxVolumeMemoryOpt,
     MetricsOpt,
+    MinCoverageOpt,
     Normalize,
     NormalizeOpt,
     OutOpt,
@@ -79,7 +81,9 @@ def score(
     ssim_2d: Ssim2dOpt = None,
     device: DeviceOpt = Device(Execution.device),
     max_memory: MaxMemoryOpt = None,
+    max_volume_memory: MaxVolumeMemoryOpt = None,
     resample: ResampleOpt = False,
+    min_coverage: MinCoverageOpt = None,
     save_maps: SaveMapsOpt = False,
     workers: WorkersOpt = Execution.workers,
     resume: ResumeOpt = False,
@@ -89,9 +93,8 @@ def score(
     progress: ProgressOpt = True,
 ) -> None:
     """Score every reference/test pair of MANIFEST; write OUT/results.csv and .parquet."""
-    from ..errors import ManifestError, SettingsError
+    from ..errors import ManifestError, OutputError, SettingsError
     from ..pipeline import BatchInterrupted, score_manifest
-    from ..pipeline.summary import summarize
     from ..schema import METRICS
 
     given = {name: _plain(value) for name, value in ctx.params.items()
@@ -103,32 +106,47 @@ def score(
         given["intensity_window"] = pair(given["intensity_window"], "--window LEVEL,WIDTH")
     options = {_RENAMED.get(k, k): v for k, v in given.items()}
     resume_argv = ["volqa", "score", str(manifest), "--out", str(out), "--resume"]
+    resume_hint = "To continue, run:\n  " + shlex.join(resume_argv)
     try:
         frame = score_manifest(manifest, out=out, resume=resume, overwrite=overwrite,
                                fail_fast=fail_fast, strict=strict, progress=progress, **options)
     except (ManifestError, SettingsError) as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
+    except OutputError as exc:
+        _err(f"{exc}. {resume_hint}")
+        raise typer.Exit(2) from None
     except BatchInterrupted as stop:
-        rows = [] if stop.results is None else stop.results.to_dict("records")
-        names = [m for m in METRICS.names() if stop.results is not None
-                 and m in stop.results.columns]
-        typer.echo(summarize(rows, names, total=stop.total))
         name = signal.Signals(stop.signum).name
+        if stop.results is None:
+            _err(f"interrupted by {name} while writing the tables, which were left as they "
+                 f"were; the {stop.done} finished rows are in {out}/journal.jsonl. "
+                 + resume_hint)
+            raise typer.Exit(128 + stop.signum) from None
+        rows = stop.results.to_dict("records")
+        _report(rows, [m for m in METRICS.names() if m in stop.results.columns], stop.total)
         _err(f"interrupted by {name} after {stop.done} of {stop.total} rows; the finished rows "
-             f"are in {out}/results.csv and results.parquet. To continue, run:\n  "
-             + shlex.join(resume_argv))
+             f"are in {out}/results.csv and results.parquet. " + resume_hint)
         raise typer.Exit(128 + stop.signum) from None
     meta = frame.attrs["volqa"]
-    typer.echo(summarize(frame.to_dict("records"),
-                         [m for m in METRICS.names() if m in frame.columns],
-                         total=meta["rows_total"]))
-    typer.echo(f"wrote {out / 'results.csv'} and {out / 'results.parquet'}")
+    _report(frame.to_dict("records"), [m for m in METRICS.names() if m in frame.columns],
+            meta["rows_total"])
+    typer.echo(_printable(f"wrote {out / 'results.csv'} and {out / 'results.parquet'}"))
     if meta["rows_done"] < meta["rows_total"]:
         _err(f"stopped after the first failed row (--fail-fast): {meta['rows_done']} of "
              f"{meta['rows_total']} rows done; continue with:\n  " + shlex.join(resume_argv))
     if (frame["status"] != "ok").any():
         raise typer.Exit(1)
+
+
+def _report(rows: list[dict[str, Any]], metrics: list[str], total: int) -> None:
+    """The summary on stdout, one ``failed: ...`` line per failed row on stderr."""
+    from ..pipeline.progress import printable
+    from ..pipeline.summary import failures, summarize
+
+    typer.echo(printable(summarize(rows, metrics, total=total), keep_newlines=True))
+    for line in failures(rows):
+        typer.echo(printable(line), err=True)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -142,4 +160,11 @@ def _plain(value: Any) -> Any:
 
 
 def _err(message: str) -> None:
-    typer.echo(f"volqa: {message}", err=True)
+    typer.echo(_printable(f"volqa: {message}"), err=True)
+
+
+def _printable(text: str) -> str:
+    from ..pipeline.progress import printable
+
+    return printable(text, keep_newlines=True)
+

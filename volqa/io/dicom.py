@@ -82,9 +82,8 @@ def dicom_series_shape(folder: Path, series_uid: str | None, source: str) -> tup
 
 
 def _series_shape(files: Sequence[str], source: str) -> tuple[int, ...]:
-    size = itk_size(files[0], source, "GDCMImageIO")  # (columns, rows[, frames], components)
-    frames = size[2] if len(size) > 3 else 1
-    return (size[0], size[1], frames * len(files), size[-1])
+    size = itk_size(files[0], source, "GDCMImageIO")  # (columns, rows, frames[, components])
+    return (size[0], size[1], size[2] * len(files), *size[3:])
 
 
 def _series_files(folder: Path, series_uid: str | None, source: str

@@ -91,7 +91,7 @@ def read_itk_file(path: Path, source: str, image_io: str = "",
     ``max_bytes`` before any voxel is read.
     """
     reader = _header_reader(path, source, image_io)
-    check_memory((*reader.GetSize(), reader.GetNumberOfComponents()), source, max_bytes)
+    check_memory(_declared(reader), source, max_bytes)
     with itk_quiet():
         try:
             image = reader.Execute()
@@ -101,9 +101,14 @@ def read_itk_file(path: Path, source: str, image_io: str = "",
 
 
 def itk_size(path: str | Path, source: str, image_io: str = "") -> tuple[int, ...]:
-    """The size ``(i, j, k, ..., components)`` an ITK-readable file declares (header only)."""
-    reader = _header_reader(path, source, image_io)
-    return (*reader.GetSize(), reader.GetNumberOfComponents())
+    """The size ``(i, j, k, ...)`` an ITK-readable file declares (header only), with the
+    number of components per voxel appended when it is more than one."""
+    return _declared(_header_reader(path, source, image_io))
+
+
+def _declared(reader: sitk.ImageFileReader) -> tuple[int, ...]:
+    components = reader.GetNumberOfComponents()
+    return (*reader.GetSize(), *((components,) if components > 1 else ()))
 
 
 def _header_reader(path: str | Path, source: str, image_io: str) -> sitk.ImageFileReader:

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["summarize"]
+__all__ = ["summarize", "failures"]
 
 
 def _fmt(v: float) -> str:
@@ -55,6 +55,9 @@ def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], *, tota
         lines.append(f"{'metric':<13}{'mean':>10} ± {'sd':<10}{'median':>11}{'min':>11}"
                      f"{'max':>11}{'n':>5}")
         lines += table
-    for r in failed:
-        lines.append(f"failed: {r.get('error')}")
     return "\n".join(lines)
+
+
+def failures(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``failed: <error>`` for every row that is not ``ok`` (printed on stderr)."""
+    return [f"failed: {r.get('error')}" for r in rows if r.get("status") != "ok"]
