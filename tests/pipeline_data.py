@@ -6,7 +6,9 @@ import csv
 import gzip
 import hashlib
 import io
-from collections.abc import Iterable, Mapping
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import nibabel as nib
@@ -198,3 +200,21 @@ def write_huge_dicom(path: Path, rows: int = 4096, columns: int = 4096,
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def results_in(journal: Path) -> int:
+    """Result records in a journal (attempt and stop records left out)."""
+    return journal.read_text().count('"type": "result"') if journal.exists() else 0
+
+
+def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll ``predicate`` until it holds; fail if ``proc`` exits first or time runs out."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"volqa exited early ({proc.returncode}): {proc.stderr.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("timed out")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from pipeline_data import degrade, make_batch, phantom, write_nii
+from pipeline_data import degrade, make_batch, phantom, results_in, wait_for, write_nii
 from typer.testing import CliRunner
 
 import volqa
@@ -91,7 +91,7 @@ def test_resume_retries_failed_rows_and_takes_new_passthrough(tmp_path, monkeypa
 def test_torn_journal_line_is_ignored(tmp_path, monkeypatch) -> None:
     manifest = make_batch(tmp_path, n=3)
     out = tmp_path / "o"
-    volqa.score_manifest(manifest, out=out)
+    volqa.score_manifest(manifest, out=out, workers=0)  # no read-ahead: records in row order
     journal = out / "journal.jsonl"
     lines = journal.read_text().splitlines(keepends=True)
     assert [json.loads(x)["type"] for x in lines] == ["attempt", "result"] * 3 + ["stop"]
@@ -220,21 +220,8 @@ def _start(tmp_path: Path, manifest: Path, out: Path, *extra: str, delay: float 
     return proc, Path(env["VOLQA_TEST_CALLS"])
 
 
-def _results(journal: Path) -> int:
-    """Result records in a journal (attempt records left out)."""
-    return journal.read_text().count('"type": "result"') if journal.exists() else 0
-
-
 def _wait_for_rows(journal: Path, n: int, proc: subprocess.Popen, timeout: float = 90) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if _results(journal) >= n:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"volqa exited early ({proc.returncode}): {proc.stderr.read()}")
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("no rows appeared in the journal in time")
+    wait_for(lambda: results_in(journal) >= n, proc, timeout)
 
 
 def _calls(path: Path) -> int:
@@ -283,7 +270,7 @@ def test_signal_finishes_row_writes_tables_and_prints_resume(tmp_path, signum, c
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
     done = read_csv(out / "results.csv")
-    assert 2 <= len(done) == _results(out / "journal.jsonl") < 8  # the current row finished
+    assert 2 <= len(done) == results_in(out / "journal.jsonl") < 8  # the current row finished
     assert done["subject_id"].tolist() == [f"sub-{i:02d}" for i in range(len(done))]
     assert f"{len(done)} of 8 row(s) done" in stdout
     command = stderr.strip().splitlines()[-1].strip()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from pipeline_data import make_batch, write_huge_dicom, write_huge_nii
 
 import volqa
@@ -183,7 +184,8 @@ def _volqa(tmp_path: Path, *args: str, kill: str = "") -> subprocess.CompletedPr
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)]),
            "VOLQA_TEST_KILL": kill}
     return subprocess.run([sys.executable, "-m", "volqa.cli", "score", *args, "--no-progress"],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, encoding="utf-8",
+                          timeout=300)
 
 
 @pytest.mark.slow
@@ -250,3 +252,42 @@ def test_an_interrupted_row_is_not_counted_as_a_kill(tmp_path) -> None:
     assert not interrupted.killed and not interrupted.solo and len(interrupted.todo) == 2
     killed = plan_resume(manifest.rows, [r for r in records if r["type"] != "stop"], "h")
     assert killed.killed == {0: 2} and [r.index for r in killed.todo] == [1]
+
+
+# ----------------------------------------------------------------------- out of memory
+
+
+class CpuAllocationFailure(RowScorer):
+    """A real failure of torch's CPU allocator while the slab budget is above 4 MiB."""
+
+    def __init__(self, always: bool = False) -> None:
+        self.budgets: list[int | None] = []
+        self.always = always
+
+    def engine_metrics(self, p, settings, device, max_memory, keep_map):
+        self.budgets.append(max_memory)
+        if self.always:
+            raise MemoryError()  # numpy's and Python's: an empty message
+        if max_memory > 4 << 20:
+            torch.empty(2**50)  # RuntimeError: [enforce fail at alloc_cpu.cpp:...] ...
+        return super().engine_metrics(p, settings, device, max_memory, keep_map)
+
+
+def test_cpu_allocation_failure_is_retried_with_half_the_budget(tmp_path) -> None:
+    manifest = make_batch(tmp_path, n=1)
+    scorer = CpuAllocationFailure()
+    df = volqa.score_manifest(manifest, device="cpu", max_memory="8M", scorer=scorer)
+    assert scorer.budgets == [8 << 20, 4 << 20]
+    assert df.loc[0, "status"] == "ok" and df.loc[0, "device"] == "cpu"
+    assert "cpu out of memory with 8 MiB slabs; retried on cpu with half the slab budget" \
+        in df.loc[0, "notes"]
+    assert df.loc[0, "ssim"] == volqa.score_manifest(manifest).loc[0, "ssim"]
+
+
+def test_an_empty_memory_error_is_named(tmp_path) -> None:
+    manifest = make_batch(tmp_path, n=2)
+    df = volqa.score_manifest(manifest, device="cpu", scorer=CpuAllocationFailure(always=True))
+    assert df["status"].tolist() == ["error", "error"]
+    assert df.loc[0, "error"].startswith("subject 'sub-00' (reference ")
+    assert "out of memory (MemoryError); free memory, use fewer --workers, or lower " \
+           "--max-volume-memory" in df.loc[0, "error"]

@@ -22,7 +22,16 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from pipeline_data import degrade, make_batch, phantom, sha256_tree, write_manifest, write_nii
+from pipeline_data import (
+    degrade,
+    make_batch,
+    phantom,
+    results_in,
+    sha256_tree,
+    wait_for,
+    write_manifest,
+    write_nii,
+)
 from typer.testing import CliRunner
 
 import volqa
@@ -83,22 +92,6 @@ def run_volqa(tmp_path: Path, *args: str, **kw) -> tuple[int, str, str]:
     proc = volqa_process(tmp_path, *args, **kw)
     out, err = proc.communicate(timeout=300)
     return proc.returncode, out, err
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"volqa exited early ({proc.returncode}): {proc.stderr.read()}")
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("timed out")
-
-
-def results_in(journal: Path) -> int:
-    return journal.read_text().count('"type": "result"') if journal.exists() else 0
 
 
 def no_temp_files(folder: Path) -> bool:
@@ -363,7 +356,7 @@ def test_ctrl_c_while_importing_exits_130_quietly(tmp_path) -> None:
         """))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)])}
     proc = subprocess.run([sys.executable, "-m", "volqa.cli", "--version"], env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert proc.returncode == 130
     assert proc.stderr == "" and proc.stdout == ""
 

@@ -2,8 +2,10 @@
 
 Only the options given on the command line are passed on, so that ``--resume`` takes every
 other setting from ``OUT/settings.json``. Exit codes: 0 every row ok; 1 at least one row
-failed; 2 usage or manifest error (nothing scored); 130 / 143 interrupted by SIGINT / SIGTERM
-(finished rows written, resume command printed).
+failed; 2 usage or manifest error (nothing scored), or the output folder could not be written
+(resume command printed); 130 / 143 interrupted by SIGINT / SIGTERM (finished rows written,
+resume command printed). The summary goes to stdout; messages and ``failed: ...`` lines to
+stderr, every one through :func:`volqa.pipeline.progress.printable`.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ from .options import (
 )
 
 EPILOG = ("Exit status: 0 every row scored; 1 some rows failed (the others are in the tables); "
-          "2 usage or manifest error, nothing scored; 130/143 interrupted by Ctrl-C/SIGTERM "
-          "(finished rows written; continue with --resume).")
+          "2 usage or manifest error, nothing scored, or the output folder could not be written "
+          "(continue with --resume); 130/143 interrupted by Ctrl-C/SIGTERM (finished rows "
+          "written; continue with --resume).")
 
 # command-line parameter -> option name of Settings/Execution.from_options
 _RENAMED = {"ssim_window": "window"}

@@ -36,6 +36,7 @@ from ..schema import output_columns
 from ..settings import SETTINGS_FORMAT, Settings
 from .batch import Batch
 from .executors import Executor
+from .memory import volume_limit
 from .progress import printable, warn
 from .resume import plan_resume, record_problem
 from .row import RowFailure, RowJob, RowScorer
@@ -91,7 +92,7 @@ def score_pair(
     ex = Execution.from_options(execution, **e_opts)
     ex.resolved_device()
     scorer = scorer or RowScorer()
-    job = RowJob(0, "(pair)", reference, test, mask)
+    job = RowJob(0, "(pair)", reference, test, mask, max_volume_bytes=volume_limit(ex))
     try:
         fields = scorer.finish(scorer.prepare(job, s), s, ex).fields
     except RowFailure as failure:
@@ -132,7 +133,8 @@ def score_manifest(
         As in :func:`score_pair`. ``ssim_masked`` is in the default metrics when the manifest
         has a ``mask`` column (rows without a mask get an empty value); ``save_maps=True``
         writes each SSIM map to ``out/maps/`` as NIfTI in the reference's geometry, NaN where
-        the window does not fit; ``workers`` read the next rows in background threads.
+        the window does not fit; ``workers`` read the next rows in background threads;
+        ``max_volume_memory`` refuses, from its header, a volume larger than that.
     resume : bool, default False
         Continue the batch in ``out``: the settings come from ``out/settings.json``, options
         given here override them (rows whose settings then differ are computed again, and
@@ -160,7 +162,11 @@ def score_manifest(
     ManifestError
         The manifest is invalid (nothing scored, nothing written).
     SettingsError
-        Invalid options, or ``out`` is not empty and neither ``resume`` nor ``overwrite``.
+        Invalid options; ``out`` is not empty and neither ``resume`` nor ``overwrite``;
+        ``out`` is locked by another run (:class:`~volqa.io.lock.OutputLockedError`); an
+        output would replace or be written into an input.
+    OutputError
+        The output folder could not be written (the journal stays valid: resume later).
     BatchInterrupted
         SIGINT/SIGTERM; the finished rows were written first.
     """

@@ -103,7 +103,8 @@ class Batch:
                         for i, n in self.plan.killed.items()})
         labels = row_labels(self.manifest)
         rows = {row.index: row for row in self.plan.todo}
-        jobs = [self._job(row) for row in self.plan.todo]
+        limit = volume_limit(self.execution)
+        jobs = [self._job(row, limit) for row in self.plan.todo]
         executor = self.executor or ThreadExecutor(self.execution.workers)
         scorer = self.scorer or RowScorer()
         bar = Progress(len(self.manifest), len(results), self.progress)
@@ -189,12 +190,12 @@ class Batch:
             f"{done} of {len(self.manifest)} rows are recorded in {JOURNAL_NAME} and {state}. "
             "Free space or fix the folder's permissions, then continue with --resume")
 
-    def _job(self, row: ManifestRow) -> RowJob:
+    def _job(self, row: ManifestRow, max_volume_bytes: int) -> RowJob:
         map_path = None
         if self.settings.save_maps and self.out_dir is not None:
             map_path = str(self.out_dir / MAPS_DIR / map_name(row))
         return RowJob(row.index, row.subject_id, row.reference, row.test, row.mask, map_path,
-                      volume_limit(self.execution), row.index in self.plan.solo)
+                      max_volume_bytes, row.index in self.plan.solo)
 
     def _killed(self, row: ManifestRow, kills: int) -> dict[str, Any]:
         """The error row of a row that took the process down ``kills`` times."""
