@@ -380,6 +380,11 @@ CASES: dict[str, Case] = {
     "huge-dicom-header": Case(R, "frames.dcm", culprit="frames.dcm",
                               cause=r"the header declares 4096x4096x200 voxels: 12\.5 GiB as "
                                     r"float32 in memory, more than the limit of 64 MiB"),
+    # subject ids that a file name would merge, and one with escape sequences: all ok rows,
+    # each with its own map (test_inputs_never_written counts them), nothing raw printed
+    "sub 01": Case(R, T, status="ok"),
+    "sub_01": Case(R, "test_b.nii.gz", status="ok"),
+    "esc\x1b[2J\x1b]0;title\x07": Case(R, T, status="ok"),
     "good-last": Case(R, T, status="ok"),
 }
 ROOT_IGNORES_MODE = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -461,6 +466,8 @@ def test_batch_exit_code_1_and_every_row_present(batch: dict[str, Any]) -> None:
     assert (batch["table"]["site"] == "site-A").all()  # covariates carried through
     n_err = int((batch["table"]["status"] == "error").sum())
     assert f"{len(CASES) - n_err} ok, {n_err} failed" in result.stdout
+    assert "\x1b" not in result.stdout + result.stderr  # escaped: shown as "\\x1b"
+    assert result.stderr.count("failed: subject ") == n_err  # failed rows: stderr, one each
 
 
 @pytest.mark.parametrize("subject", [s for s, c in CASES.items() if c.status == "error"])
@@ -634,4 +641,30 @@ def test_manifest_error_exit_2_one_message_nothing_written(tmp_path: Path, case:
     assert re.search(rf"manifest '{re.escape(str(manifest))}'.*{cause}", result.stderr, re.S), \
         result.stderr
     assert not out.exists()
+    assert sha256_tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(("options", "pattern"), [
+    (["--k1", "inf"], r"k1 and k2 must be finite numbers > 0, got k1=inf"),
+    (["--k1", "1e150"], r"k1=1e\+150, .*C1 = \(K1 L\)\^2 = inf.*k1 in \[3\.61e-18, 1\.84e\+19\]"),
+    (["--k2", "1e300"], r"k2=1e\+300.*k2 in \[1\.08e-17, 1\.84e\+19\]"),
+    (["--sigma", "1e-300"], r"sigma must lie in \[1\.05e-154, 9\.48e\+153\] voxels"),
+    (["--normalize", "none", "--data-range", "1e-300"],
+     r"L=1e-300 give SSIM constants C1 = \(K1 L\)\^2 = 0 .*L in \[1\.9e-08, 4\.29e\+09\]"),
+], ids=["k1-inf", "k1-1e150", "k2-1e300", "sigma-1e-300", "data-range-1e-300"])
+def test_overflowing_options_are_usage_errors_with_the_valid_range(tmp_path, options,
+                                                                   pattern) -> None:
+    """Options whose SSIM constants or window taps float32 cannot hold (issue 9): exit 2, one
+    message with the valid range, nothing written."""
+    save_nii(tmp_path / "r.nii.gz", REF)
+    (tmp_path / "m.csv").write_text("subject_id,reference,test\ns,r.nii.gz,r.nii.gz\n")
+    before = sha256_tree(tmp_path)
+    result = cli.invoke(app, ["score", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"),
+                              "--no-progress", *options])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.stderr.count("volqa:") == 1
+    assert re.search(pattern, " ".join(result.stderr.split())), result.stderr
     assert sha256_tree(tmp_path) == before

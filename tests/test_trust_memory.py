@@ -88,10 +88,10 @@ def test_a_dicom_series_is_estimated_from_one_file_times_the_files(tmp_path) -> 
 
 def test_a_huge_row_fails_alone_and_the_batch_goes_on(tmp_path) -> None:
     manifest = make_batch(tmp_path, n=3)
-    write_huge_nii(tmp_path / "data/s1_test.nii.gz", (2048, 2048, 2048))
+    write_huge_nii(tmp_path / "data/s1_test.nii.gz", (32767, 32767, 32767))  # 128 TiB
     df = volqa.score_manifest(manifest, out=tmp_path / "o")  # the default limit
     assert df["status"].tolist() == ["ok", "error", "ok"]
-    assert "the header declares 2048x2048x2048 voxels: 32 GiB" in df.loc[1, "error"]
+    assert "the header declares 32767x32767x32767 voxels: 128 TiB" in df.loc[1, "error"]
 
 
 # ----------------------------------------------------------------------- the default limit
@@ -113,6 +113,7 @@ def test_usable_memory_takes_the_smallest_limit(tmp_path, monkeypatch) -> None:
     assert memory.read_ahead_budget(Execution(max_volume_memory="300M")) == 1200 * 2**20
 
 
+@pytest.mark.slow
 def test_usable_memory_sees_an_address_space_limit() -> None:
     """``ulimit -v 3G`` in a real process."""
     code = "from volqa.pipeline.memory import usable_memory; print(usable_memory())"

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from pipeline_data import degrade, phantom, write_manifest, write_nii
 
 from volqa.pipeline.progress import printable
@@ -37,6 +38,7 @@ def test_printable_escapes_every_control_character() -> None:
     assert printable("Zoë – réf ü") == "Zoë – réf ü"  # printable text is left alone
 
 
+@pytest.mark.slow
 def test_hostile_subject_ids_are_escaped_everywhere_volqa_prints(tmp_path) -> None:
     rows = []
     for i, sid in enumerate(HOSTILE.values()):

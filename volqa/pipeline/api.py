@@ -22,7 +22,7 @@ import pandas as pd
 from .. import __version__
 from ..errors import OutputError, SettingsError
 from ..execution import Execution
-from ..io.journal import JOURNAL_NAME, JournalLines, read_journal
+from ..io.journal import JOURNAL_NAME
 from ..io.lock import OutDirLock
 from ..io.manifest import Manifest, missing_files, read_manifest
 from ..io.outdir import (
@@ -38,7 +38,7 @@ from .batch import Batch
 from .executors import Executor
 from .memory import volume_limit
 from .progress import printable, warn
-from .resume import plan_resume, record_problem
+from .resume import journal_records, plan_resume
 from .row import RowFailure, RowJob, RowScorer
 
 __all__ = ["score_pair", "score_manifest"]
@@ -184,17 +184,10 @@ def score_manifest(
     lock = OutDirLock(out)  # acquired by prepare_out_dir once the folder exists
     try:
         out_dir = prepare_out_dir(out, resume=resume, overwrite=overwrite, lock=lock)
-        lines = read_journal(out_dir / JOURNAL_NAME) if resume else JournalLines()
-        records = []
-        for rec in lines.records:
-            problem = record_problem(rec)
-            if problem is None:
-                records.append(rec)
-            else:
-                lines.skipped.append(f"record {rec.get('key')!r}: {problem}")
+        records, skipped = journal_records(out_dir / JOURNAL_NAME) if resume else ([], [])
         changed = s.differences(stored) if stored is not None else []
-        return _run(manifest, s, ex, out_dir, records, (changed, lines.skipped) if resume
-                    else None, fail_fast, progress, scorer, executor)
+        return _run(manifest, s, ex, out_dir, records, (changed, skipped) if resume else None,
+                    fail_fast, progress, scorer, executor)
     finally:
         lock.release()
 

@@ -29,12 +29,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..io.journal import read_journal
 from ..io.manifest import ManifestRow
 from ..io.paths import input_files
 from ..schema import HEAD_COLUMNS, METRICS, ROW_COLUMNS, SETTING_COLUMNS
 
-__all__ = ["KILL_LIMIT", "fingerprint", "row_inputs", "row_key", "record_problem", "ResumePlan",
-           "plan_resume"]
+__all__ = ["KILL_LIMIT", "fingerprint", "row_inputs", "row_key", "record_problem",
+           "journal_records", "ResumePlan", "plan_resume"]
 
 #: Kills after which a row is recorded as failed instead of being retried.
 KILL_LIMIT = 2
@@ -106,6 +107,20 @@ def record_problem(record: Mapping[str, Any]) -> str | None:
     if fields["status"] == "ok" and fields.get("error") is not None:
         return "an 'ok' row with an error message"
     return None
+
+
+def journal_records(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The journal's records that verify and validate, in file order, and why each other
+    line was skipped (``"line 7: ..."``, ``"record '<key>': ..."``)."""
+    lines = read_journal(path)
+    records = []
+    for rec in lines.records:
+        problem = record_problem(rec)
+        if problem is None:
+            records.append(rec)
+        else:
+            lines.skipped.append(f"record {rec.get('key')!r}: {problem}")
+    return records, lines.skipped
 
 
 @dataclass
