@@ -1,4 +1,4 @@
-"""Catalogue of bad inputs: one mixed batch, every case its own test id (issue 4).
+"""Catalogue of bad inputs: one mixed batch, every case its own test id (issues 4 and 9).
 
 One module-scoped run of ``volqa score`` (Typer's ``CliRunner``, ``--save-maps``) scores a
 manifest that mixes every bad case with good rows; each case is then checked on its own row,
@@ -11,7 +11,13 @@ unchanged, with no new file beside them.
 Settings of the batch: ``--ssim-window uniform --win-size 7`` (population covariance, the
 default), so that 16**3 volumes leave a 10**3 valid map and the integer cases can be checked
 against ``skimage.metrics.structural_similarity(win_size=7, use_sample_covariance=False)`` in
-float64.
+float64; ``--max-volume-memory 64M``, so that the headers declaring huge volumes are refused
+on any machine (the default limit depends on its memory).
+
+Issue 9 added the inputs that used to give a confident wrong number, an obscure message or a
+dead batch: non-finite or singular affines, a zero pixdim, a vox_offset inside the header,
+complex, RGB and beyond-2**53 voxels, a lost header, DICOM slices with different pixel
+spacings, FIFOs, and headers declaring 4 GiB (NIfTI) and 12.5 GiB (a 2.5 KB DICOM file).
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import builtins
 import csv
 import errno
 import gzip
-import hashlib
 import io
 import math
 import os
@@ -34,8 +39,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pipeline_data import (
+    UID_ROOT,
+    save_dicom_series,
+    sha256_tree,
+    write_damaged_nii,
+    write_huge_dicom,
+    write_huge_nii,
+)
 from skimage.metrics import structural_similarity
 from typer.testing import CliRunner
 
@@ -44,11 +55,12 @@ from volqa.cli import app
 SHAPE = (16, 16, 16)
 AFFINE = np.diag([1.0, 1.0, 1.5, 1.0])  # RAS, 1 x 1 x 1.5 mm
 WIN = 7
-BATCH_OPTIONS = ("--ssim-window", "uniform", "--win-size", str(WIN), "--no-progress")
+MAX_VOLUME = "64M"  # per-volume memory limit of the batch: every real input is far smaller
+BATCH_OPTIONS = ("--ssim-window", "uniform", "--win-size", str(WIN), "--no-progress",
+                 "--max-volume-memory", MAX_VOLUME)
 
 # DICOM series written by this module: LPS identity orientation, 1 x 1 mm pixels, 1.5 mm
 # slices (RAS affine diag(-1, -1, 1.5)); only DICOM is compared with DICOM.
-UID_ROOT = "1.2.826.0.1.3680043.8.498.7301"
 UID_MULTI_A = f"{UID_ROOT}.11"
 UID_MULTI_B = f"{UID_ROOT}.12"
 
@@ -89,52 +101,6 @@ def save_nii(path: Path, array: np.ndarray, affine: np.ndarray = AFFINE, *,
         image.header.set_slope_inter(slope, inter)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, str(path))
-
-
-def save_dicom_series(folder: Path, raw: np.ndarray, *, uid: str, description: str,
-                      depths: np.ndarray | None = None, slope: float = 1.0,
-                      intercept: float = 0.0, skip: tuple[int, ...] = ()) -> None:
-    """Write an int16 (i, j, k) array as a CT series with pydicom, one file per k slice.
-
-    Pixel (row r, column c) of slice k holds ``raw[c, r, k]``; ImagePositionPatient is
-    ``(0, 0, depths[k])`` mm (LPS), orientation ``1\\0\\0\\0\\1\\0``. Slices listed in
-    ``skip`` are not written (a series with missing slices).
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    depths = np.arange(raw.shape[2]) * 1.5 if depths is None else np.asarray(depths)
-    for k in range(raw.shape[2]):
-        if k in skip:
-            continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = f"{uid}.{k + 1}"
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = f"{uid}.{k + 1}"
-        ds.StudyInstanceUID = f"{UID_ROOT}.1"
-        ds.SeriesInstanceUID = uid
-        ds.FrameOfReferenceUID = f"{UID_ROOT}.2"
-        ds.Modality = "CT"
-        ds.PatientID = "volqa-catalogue"
-        ds.SeriesDescription = description
-        ds.SeriesNumber = int(uid.rsplit(".", 1)[1])
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [0.0, 0.0, float(depths[k])]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.SliceThickness = 1.5
-        ds.Rows, ds.Columns = raw.shape[1], raw.shape[0]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleSlope = f"{slope:g}"
-        ds.RescaleIntercept = f"{intercept:g}"
-        ds.PixelData = np.ascontiguousarray(raw[:, :, k].T).astype("<i2").tobytes()
-        ds.save_as(folder / f"{description}_{k:03d}.dcm", enforce_file_format=True)
 
 
 def rotated(affine: np.ndarray, degrees: float) -> np.ndarray:
@@ -247,6 +213,28 @@ def build_inputs(d: Path) -> None:
     save_nii(d / "i16_ref.nii.gz", I16_REF, slope=SLOPE, inter=INTER)
     save_nii(d / "i16_test.nii.gz", I16_TEST, slope=SLOPE, inter=INTER)
 
+    # issue 9: inputs that gave a confident wrong number, an obscure message or a dead batch
+    test32 = TEST.astype(np.float32)
+    write_damaged_nii(d / "nan_sform.nii.gz", test32, AFFINE, srow_x=[1.0, 0, 0, np.nan])
+    write_damaged_nii(d / "inf_sform.nii.gz", test32, AFFINE, srow_z=[0, 0, np.inf, 0])
+    write_damaged_nii(d / "singular.nii.gz", test32, AFFINE, srow_y=[0.0, 0, 0, 0])
+    write_damaged_nii(d / "zero_pixdim.nii", test32, AFFINE, sform_code=0, qform_code=1,
+                      pixdim=[1.0, 1.0, 0.0, 1.5, 0, 0, 0, 0])
+    write_damaged_nii(d / "vox_offset_0.nii", test32, AFFINE, vox_offset=0.0)
+    save_nii(d / "complex.nii.gz", TEST.astype(np.complex64))
+    rgb = np.zeros(SHAPE, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, AFFINE), str(d / "rgb.nii.gz"))
+    huge_ints = (2**60 + np.round(TEST * 1000)).astype(np.int64)
+    nib.save(nib.Nifti1Image(huge_ints, AFFINE, dtype=np.int64), str(d / "int64_huge.nii.gz"))
+    save_nii(d / "identity.nii.gz", TEST, np.eye(4))
+    save_dicom_series(d / "mixed_pixels", DCM_REF, uid=f"{UID_ROOT}.41", description="mixed",
+                      pixel_spacing={4: 0.9})
+    save_dicom_series(d / "with_fifo", DCM_REF, uid=f"{UID_ROOT}.42", description="fifo")
+    os.mkfifo(d / "with_fifo" / "zz_pipe.dcm")
+    os.mkfifo(d / "fifo.nii.gz")
+    write_huge_nii(d / "bomb.nii.gz", (1024, 1024, 1024))
+    write_huge_dicom(d / "frames.dcm")
+
 
 # --------------------------------------------------------------------------------- cases
 
@@ -349,18 +337,57 @@ CASES: dict[str, Case] = {
     "uint16": Case("u16_ref.nii.gz", "u16_test.nii.gz", status="ok"),
     "int16-rescaled-nifti": Case("i16_ref.nii.gz", "i16_test.nii.gz", status="ok"),
     "int16-rescaled-dicom": Case("ct_ref", "ct_test", status="ok"),
+    # issue 9
+    "nan-affine": Case(R, "nan_sform.nii.gz", culprit="nan_sform.nii.gz",
+                       cause=r"the header's srow_x = \[1\.0, 0\.0, 0\.0, nan\] has non-finite "
+                             r"entries, so the volume's position in space cannot be known"),
+    "inf-affine": Case(R, "inf_sform.nii.gz", culprit="inf_sform.nii.gz",
+                       cause=r"the header's srow_z = \[0\.0, 0\.0, inf, 0\.0\] has non-finite"),
+    "singular-affine": Case(R, "singular.nii.gz", culprit="singular.nii.gz",
+                            cause=r"the sform \(voxel-to-world matrix\) is singular: voxel "
+                                  r"sizes \(1\.0, 0\.0, 1\.5\) mm"),
+    "zero-pixdim": Case(R, "zero_pixdim.nii", culprit="zero_pixdim.nii",
+                        cause=r"zero voxel size in the header: pixdim\[1:4\] = \[1\.0, 0\.0, "
+                              r"1\.5\] \(the qform/pixdim decides the geometry\)"),
+    "vox-offset-in-header": Case(R, "vox_offset_0.nii", culprit="vox_offset_0.nii",
+                                 cause=r"vox_offset = 0 in the header, but the voxel data of a "
+                                       r"single-file NIfTI \(n\+1\) starts at byte 352 or "
+                                       r"later: the header itself would be read as voxels"),
+    "complex-nifti": Case(R, "complex.nii.gz", culprit="complex.nii.gz",
+                          cause=r"complex-valued voxels \(complex64\): volqa scores real-valued "
+                                r"volumes and will not drop the imaginary part silently"),
+    "rgb-nifti": Case(R, "rgb.nii.gz", culprit="rgb.nii.gz",
+                      cause=r"colour voxels \(R, G, B channels\): volqa needs a scalar"),
+    "int64-beyond-2**53": Case("int64_huge.nii.gz", T, culprit="int64_huge.nii.gz",
+                               cause=r"int64 voxel values up to \d+ exceed 2\*\*53 = "
+                                     r"9007199254740992, beyond which integers are not exact"),
+    "lost-header": Case(R, "identity.nii.gz", culprit="identity.nii.gz",
+                        cause=r"has a default affine \(\(1, 0, 0, 0\), \(0, 1, 0, 0\), \(0, 0, "
+                              r"1, 0\)\), what a file gets when its geometry was not saved.*"
+                              r"header looks lost.*copy the header of"),
+    "dicom-pixel-spacing": Case("mixed_pixels", "mixed_pixels", culprit="mixed_pixels",
+                                cause=r"the 16 slices of series .* have different PixelSpacing "
+                                      r"values \(\(0\.9, 0\.9\), \(1\.0, 1\.0\) mm\)"),
+    "fifo-in-dicom-folder": Case("with_fifo", "with_fifo", culprit="with_fifo",
+                                 cause=r"with_fifo/zz_pipe\.dcm' is a FIFO \(named pipe\), not "
+                                       r"a file: reading it could block or never end"),
+    "fifo-as-volume": Case(R, "fifo.nii.gz", culprit="fifo.nii.gz",
+                           cause=r"is a FIFO \(named pipe\), not a regular file"),
+    "huge-nifti-header": Case(R, "bomb.nii.gz", culprit="bomb.nii.gz",
+                              cause=r"the header declares 1024x1024x1024 voxels: 4 GiB as "
+                                    r"float32 in memory, more than the limit of 64 MiB per "
+                                    r"volume \(--max-volume-memory\)"),
+    "huge-dicom-header": Case(R, "frames.dcm", culprit="frames.dcm",
+                              cause=r"the header declares 4096x4096x200 voxels: 12\.5 GiB as "
+                                    r"float32 in memory, more than the limit of 64 MiB"),
+    # subject ids that a file name would merge, and one with escape sequences: all ok rows,
+    # each with its own map (test_inputs_never_written counts them), nothing raw printed
+    "sub 01": Case(R, T, status="ok"),
+    "sub_01": Case(R, "test_b.nii.gz", status="ok"),
+    "esc\x1b[2J\x1b]0;title\x07": Case(R, T, status="ok"),
     "good-last": Case(R, T, status="ok"),
 }
 ROOT_IGNORES_MODE = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def sha256_tree(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under ``root`` ("<dir>" for folders)."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        out[rel] = "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
@@ -439,6 +466,8 @@ def test_batch_exit_code_1_and_every_row_present(batch: dict[str, Any]) -> None:
     assert (batch["table"]["site"] == "site-A").all()  # covariates carried through
     n_err = int((batch["table"]["status"] == "error").sum())
     assert f"{len(CASES) - n_err} ok, {n_err} failed" in result.stdout
+    assert "\x1b" not in result.stdout + result.stderr  # escaped: shown as "\\x1b"
+    assert result.stderr.count("failed: subject ") == n_err  # failed rows: stderr, one each
 
 
 @pytest.mark.parametrize("subject", [s for s, c in CASES.items() if c.status == "error"])
@@ -612,4 +641,30 @@ def test_manifest_error_exit_2_one_message_nothing_written(tmp_path: Path, case:
     assert re.search(rf"manifest '{re.escape(str(manifest))}'.*{cause}", result.stderr, re.S), \
         result.stderr
     assert not out.exists()
+    assert sha256_tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(("options", "pattern"), [
+    (["--k1", "inf"], r"k1 and k2 must be finite numbers > 0, got k1=inf"),
+    (["--k1", "1e150"], r"k1=1e\+150, .*C1 = \(K1 L\)\^2 = inf.*k1 in \[3\.61e-18, 1\.84e\+19\]"),
+    (["--k2", "1e300"], r"k2=1e\+300.*k2 in \[1\.08e-17, 1\.84e\+19\]"),
+    (["--sigma", "1e-300"], r"sigma must lie in \[1\.05e-154, 9\.48e\+153\] voxels"),
+    (["--normalize", "none", "--data-range", "1e-300"],
+     r"L=1e-300 give SSIM constants C1 = \(K1 L\)\^2 = 0 .*L in \[1\.9e-08, 4\.29e\+09\]"),
+], ids=["k1-inf", "k1-1e150", "k2-1e300", "sigma-1e-300", "data-range-1e-300"])
+def test_overflowing_options_are_usage_errors_with_the_valid_range(tmp_path, options,
+                                                                   pattern) -> None:
+    """Options whose SSIM constants or window taps float32 cannot hold (issue 9): exit 2, one
+    message with the valid range, nothing written."""
+    save_nii(tmp_path / "r.nii.gz", REF)
+    (tmp_path / "m.csv").write_text("subject_id,reference,test\ns,r.nii.gz,r.nii.gz\n")
+    before = sha256_tree(tmp_path)
+    result = cli.invoke(app, ["score", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"),
+                              "--no-progress", *options])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.stderr.count("volqa:") == 1
+    assert re.search(pattern, " ".join(result.stderr.split())), result.stderr
     assert sha256_tree(tmp_path) == before

@@ -59,7 +59,8 @@ def test_bundled_manifest_end_to_end(tmp_path: Path) -> None:
         "normalize", "data_range_fixed", "percentile_low", "percentile_high",
         "intensity_window_level", "intensity_window_width", "ssim_preset", "ssim_window",
         "ssim_win_size", "ssim_sigma", "ssim_covariance", "ssim_border", "ssim_k1", "ssim_k2",
-        "ssim_slices", "ssim_2d_axis", "resample", "reoriented", "resampled", "device",
+        "ssim_slices", "ssim_2d_axis", "resample", "min_coverage", "reoriented", "resampled",
+        "coverage", "device",
         "seconds", "notes", "volqa_version",
     ]  # fmt: skip
     assert list(df.columns) == expected
@@ -141,7 +142,8 @@ def test_failed_row_exit_1_and_batch_goes_on(tmp_path: Path) -> None:
     err = df.loc[1, "error"]
     assert "sub-01" in err and "s1_test.nii.gz" in err and "no such file" in err
     assert df.loc[1, "ssim"] == "" and df.loc[0, "ssim"] != ""
-    assert "2 ok, 1 failed" in result.stdout and "failed: subject 'sub-01'" in result.stdout
+    assert "2 ok, 1 failed" in result.stdout and "failed: subject 'sub-01'" in result.stderr
+    assert "failed:" not in result.stdout  # messages go to stderr, as the README says
 
 
 def test_strict_makes_missing_files_a_manifest_error(tmp_path: Path) -> None:

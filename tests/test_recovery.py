@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from pipeline_data import degrade, make_batch, phantom, write_nii
+from pipeline_data import degrade, make_batch, phantom, results_in, wait_for, write_nii
 from typer.testing import CliRunner
 
 import volqa
 import volqa.io.atomic as atomic_mod
 from volqa.cli import app
-from volqa.errors import SettingsError
+from volqa.errors import OutputError, SettingsError
 from volqa.io.atomic import atomic_write
 from volqa.io.journal import Journal, load_journal
 from volqa.pipeline import RowScorer
@@ -91,14 +91,16 @@ def test_resume_retries_failed_rows_and_takes_new_passthrough(tmp_path, monkeypa
 def test_torn_journal_line_is_ignored(tmp_path, monkeypatch) -> None:
     manifest = make_batch(tmp_path, n=3)
     out = tmp_path / "o"
-    volqa.score_manifest(manifest, out=out)
+    volqa.score_manifest(manifest, out=out, workers=0)  # no read-ahead: records in row order
     journal = out / "journal.jsonl"
     lines = journal.read_text().splitlines(keepends=True)
-    journal.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # killed mid-write
+    assert [json.loads(x)["type"] for x in lines] == ["attempt", "result"] * 3 + ["stop"]
+    # killed while writing the third row's result: its attempt stays, the result is torn
+    journal.write_text("".join(lines[:5]) + lines[5][: len(lines[5]) // 2])
     calls = CountCalls()
     df = volqa.score_manifest(manifest, out=out, scorer=calls, resume=True)
     assert calls.n == 1 and df["status"].tolist() == ["ok"] * 3
-    for line in journal.read_text().splitlines()[3:]:
+    for line in journal.read_text().splitlines()[6:]:
         json.loads(line)  # the next record starts on its own line
 
 
@@ -107,8 +109,8 @@ def test_journal_append_is_fsynced(tmp_path, monkeypatch) -> None:
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
     with Journal(tmp_path / "j.jsonl") as j:
-        j.append({"key": "a", "fields": {"x": float("inf")}})
-        j.append({"key": "b"})
+        j.append({"type": "result", "key": "a", "fields": {"x": float("inf")}})
+        j.append({"type": "attempt", "key": "b"})
     assert len(synced) == 2
     assert load_journal(tmp_path / "j.jsonl")["a"]["fields"]["x"] == float("inf")
 
@@ -122,7 +124,7 @@ def test_overwrite_starts_a_new_journal_and_keeps_other_files(tmp_path, monkeypa
         volqa.score_manifest(manifest, out=out)
     calls = CountCalls()
     volqa.score_manifest(manifest, out=out, scorer=calls, overwrite=True)
-    assert calls.n == 2 and len((out / "journal.jsonl").read_text().splitlines()) == 2
+    assert calls.n == 2 and len(load_journal(out / "journal.jsonl")) == 2
     assert (out / "my_notes.txt").read_text() == "keep me"
 
 
@@ -154,7 +156,7 @@ def test_failed_table_write_leaves_previous_tables(tmp_path, monkeypatch) -> Non
         raise OSError("no space left on device")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", broken_to_csv)
-    with pytest.raises(OSError, match="no space"):
+    with pytest.raises(OutputError, match="no space"):
         volqa.score_manifest(manifest, out=out, resume=True, win_size=7)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith("results")}
     assert after == before  # neither table replaced: the pair stays consistent
@@ -219,15 +221,7 @@ def _start(tmp_path: Path, manifest: Path, out: Path, *extra: str, delay: float 
 
 
 def _wait_for_rows(journal: Path, n: int, proc: subprocess.Popen, timeout: float = 90) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if journal.exists() and len(journal.read_text().splitlines()) >= n:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"volqa exited early ({proc.returncode}): {proc.stderr.read()}")
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("no rows appeared in the journal in time")
+    wait_for(lambda: results_in(journal) >= n, proc, timeout)
 
 
 def _calls(path: Path) -> int:
@@ -276,8 +270,7 @@ def test_signal_finishes_row_writes_tables_and_prints_resume(tmp_path, signum, c
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
     done = read_csv(out / "results.csv")
-    journal = (out / "journal.jsonl").read_text().splitlines()
-    assert 2 <= len(done) == len(journal) < 8  # the current row was finished, not lost
+    assert 2 <= len(done) == results_in(out / "journal.jsonl") < 8  # the current row finished
     assert done["subject_id"].tolist() == [f"sub-{i:02d}" for i in range(len(done))]
     assert f"{len(done)} of 8 row(s) done" in stdout
     command = stderr.strip().splitlines()[-1].strip()

@@ -212,13 +212,17 @@ def test_cuda_oom_retries_with_half_budget_then_cpu(
     assert row["ssim"] == reference["ssim"]
 
 
-def test_oom_on_cpu_is_not_retried(pair_files, monkeypatch) -> None:
+def test_oom_on_cpu_is_retried_once_with_half_the_budget(pair_files, monkeypatch) -> None:
     class Boom(RowScorer):
-        def engine_metrics(self, *args, **kwargs):
+        budgets: list = []
+
+        def engine_metrics(self, p, settings, device, max_memory, keep_map):
+            self.budgets.append(max_memory)
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: out of memory")
 
     with pytest.raises(RuntimeError, match="out of memory"):
-        volqa.score_pair(*pair_files, device="cpu", scorer=Boom())
+        volqa.score_pair(*pair_files, device="cpu", max_memory="8M", scorer=Boom())
+    assert Boom.budgets == [8 << 20, 4 << 20]
 
 
 def test_oom_in_a_batch_records_the_device(tmp_path, monkeypatch, fake_cuda) -> None:

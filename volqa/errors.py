@@ -29,3 +29,11 @@ class GeometryError(InputError):
 
 class ManifestError(VolqaError):
     """The manifest itself is invalid; raised before any subject is scored."""
+
+
+class OutputError(VolqaError):
+    """The output folder cannot be written (disk full, read-only, file too large, ...).
+
+    Raised by a batch after it stopped; what was recorded in the journal stays valid, so the
+    batch can be resumed once the cause is fixed.
+    """

@@ -55,11 +55,17 @@ class Execution:
         Byte budget of one SSIM tile (None: the engine's default for the device).
     workers : int
         Background threads that read and prepare the next rows (0: none).
+    max_volume_memory : int or None
+        Largest float32 array (voxels x 4 bytes) of one volume; a volume whose header declares
+        more fails its row before it is read. Rows read ahead hold at most 4 x this together.
+        None: an eighth of the memory this process may use (physical memory, cgroup and
+        address-space limits; :func:`volqa.pipeline.memory.usable_memory`).
     """
 
     device: str = "auto"
     max_memory: int | None = None
     workers: int = 2
+    max_volume_memory: int | None = None
     _resolved: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -67,16 +73,19 @@ class Execution:
             raise SettingsError(f"device must be one of {', '.join(DEVICES)}; got "
                                 f"{self.device!r}.")
         object.__setattr__(self, "max_memory", parse_memory(self.max_memory))
+        object.__setattr__(self, "max_volume_memory",
+                           parse_memory(self.max_volume_memory, "max_volume_memory"))
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or \
                 self.workers < 0:
             raise SettingsError(f"workers must be an integer >= 0; got {self.workers!r}.")
 
     @classmethod
     def from_options(cls, base: Execution | None = None, *, device: str | None = None,
-                     max_memory: int | str | None = None, workers: int | None = None
-                     ) -> Execution:
+                     max_memory: int | str | None = None, workers: int | None = None,
+                     max_volume_memory: int | str | None = None) -> Execution:
         """``base`` with every option that is not None replacing its value."""
-        given = dict(device=device, max_memory=max_memory, workers=workers)
+        given = dict(device=device, max_memory=max_memory, workers=workers,
+                     max_volume_memory=max_volume_memory)
         return replace(base or cls(), **{k: v for k, v in given.items() if v is not None})
 
     def resolved_device(self) -> str:

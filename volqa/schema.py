@@ -224,6 +224,9 @@ SETTING_COLUMNS: tuple[Column, ...] = (
            lambda s: s.ssim_2d),
     Column("resample", "bool", "--resample: tests/masks on another grid were allowed",
            lambda s: s.resample),
+    Column("min_coverage", "float64", "--min-coverage: least fraction of the reference grid "
+           "a resampled test must cover (with --resample)",
+           lambda s: s.min_coverage if s.resample else None),
 )
 
 #: Per-row facts, split around the setting columns: (before, after).
@@ -241,6 +244,8 @@ ROW_COLUMNS_BEFORE: tuple[Column, ...] = (
 ROW_COLUMNS_AFTER: tuple[Column, ...] = (
     Column("reoriented", "string", "axis permutation/flip applied to test/mask"),
     Column("resampled", "bool", "test/mask resampled onto the reference grid"),
+    Column("coverage", "float64", "with --resample: fraction of the reference grid inside the "
+           "test's extent"),
     Column("device", "string", "where SSIM ran"),
     Column("seconds", "float64", "wall time of the row"),
     Column("notes", "string", "non-fatal findings"),

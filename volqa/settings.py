@@ -18,15 +18,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .engine.conventions import DEFAULT_SSIM, SSIMSettings, resolve_settings
+from .engine.conventions import DEFAULT_SSIM, SSIMSettings, check_constants, resolve_settings
 from .errors import SettingsError
 from .schema import METRICS, SETTING_COLUMNS
 
-__all__ = ["NORMALIZE_MODES", "DEFAULT_NORMALIZE", "DEFAULT_PERCENTILES", "Settings"]
+__all__ = ["NORMALIZE_MODES", "DEFAULT_NORMALIZE", "DEFAULT_PERCENTILES", "DEFAULT_MIN_COVERAGE",
+           "Settings"]
 
 NORMALIZE_MODES: tuple[str, ...] = ("none", "minmax", "percentile", "zscore", "window")
 DEFAULT_NORMALIZE = "minmax"
 DEFAULT_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+#: With resampling, the smallest fraction of the reference grid the test must cover.
+DEFAULT_MIN_COVERAGE = 0.95
 #: Version of the ``settings.json`` layout (bumped when :meth:`Settings.as_dict` changes).
 SETTINGS_FORMAT = 1
 
@@ -73,6 +76,9 @@ class Settings:
         Also compute the mean 2-D SSIM over slices along this voxel axis (metric ``ssim_2d``).
     resample : bool
         Resample a test/mask on another grid onto the reference grid instead of failing.
+    min_coverage : float
+        With ``resample``: a row fails when the resampled test covers less than this fraction
+        of the reference grid (default 0.95; see :mod:`volqa.pipeline.geometry`).
     save_maps : bool
         Write each SSIM map as NIfTI beside the results.
 
@@ -90,6 +96,7 @@ class Settings:
     ssim: SSIMSettings = DEFAULT_SSIM
     ssim_2d: int | None = None
     resample: bool = False
+    min_coverage: float = DEFAULT_MIN_COVERAGE
     save_maps: bool = False
 
     def __post_init__(self) -> None:
@@ -139,10 +146,18 @@ class Settings:
                     f"{name} must be one number here (got {value!r}); per-axis values are "
                     "available in volqa.ssim() but not in the batch table's columns."
                 )
+        known_range = (self.data_range if self.normalize == "none" else
+                       None if self.normalize == "zscore" else 1.0)
+        if known_range is not None:  # else L comes from the data: checked by the engine
+            check_constants(self.ssim.k1, self.ssim.k2, known_range)
         if self.ssim_2d is not None and (isinstance(self.ssim_2d, bool)
                                          or self.ssim_2d not in (0, 1, 2)):
             raise SettingsError(f"ssim_2d must be the slice axis 0, 1 or 2; got {self.ssim_2d!r}.")
         set_("resample", bool(self.resample))
+        if not (_finite_number(self.min_coverage) and 0.0 <= self.min_coverage <= 1.0):
+            raise SettingsError(f"min_coverage must be a fraction between 0 and 1; got "
+                                f"{self.min_coverage!r}.")
+        set_("min_coverage", float(self.min_coverage))
         set_("save_maps", bool(self.save_maps))
         if self.metrics is not None:
             set_("metrics", self._checked_metrics(self.metrics))
@@ -187,6 +202,7 @@ class Settings:
         border: str | None = None,
         ssim_2d: int | None = None,
         resample: bool | None = None,
+        min_coverage: float | None = None,
         save_maps: bool | None = None,
     ) -> Settings:
         """``base`` (default: all defaults) with every option that is not None replacing its
@@ -206,7 +222,7 @@ class Settings:
         new: dict[str, Any] = dict(
             metrics=metrics, normalize=normalize, data_range=data_range,
             percentiles=percentiles, intensity_window=intensity_window, ssim_2d=ssim_2d,
-            resample=resample, save_maps=save_maps,
+            resample=resample, min_coverage=min_coverage, save_maps=save_maps,
         )
         if ssim_2d is not None and metrics is None and base.metrics is not None:
             new["metrics"] = (*base.metrics, "ssim_2d")
@@ -241,6 +257,7 @@ class Settings:
             "ssim": self.ssim.as_dict(),
             "ssim_2d_axis": self.ssim_2d,
             "resample": self.resample,
+            "min_coverage": self.min_coverage if self.resample else None,
             "save_maps": self.save_maps,
         }
 
@@ -257,6 +274,8 @@ class Settings:
                 ssim=SSIMSettings.from_dict(data["ssim"]),
                 ssim_2d=data["ssim_2d_axis"],
                 resample=data["resample"],
+                min_coverage=(DEFAULT_MIN_COVERAGE if data.get("min_coverage") is None
+                              else data["min_coverage"]),
                 save_maps=data["save_maps"],
             )
         except (KeyError, TypeError) as exc:

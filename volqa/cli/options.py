@@ -132,6 +132,13 @@ DeviceOpt = Annotated[Device, typer.Option(  # type: ignore[valid-type]
 MaxMemoryOpt = Annotated[str | None, typer.Option(
     metavar="SIZE", help="Memory budget of one SSIM tile, e.g. 512M or 2G (default: half the "
     "free GPU memory, at most 512M; 32M on CPU).", show_default=False)]
+MaxVolumeMemoryOpt = Annotated[str | None, typer.Option(
+    metavar="SIZE", help="Largest volume to read, as float32 in memory (voxels x 4 bytes), "
+    "e.g. 2G; checked from the header before reading; read-ahead holds at most 4x this "
+    "(default: 1/8 of the memory this process may use).", show_default=False)]
+MinCoverageOpt = Annotated[float | None, typer.Option(
+    metavar="FRACTION", help="With --resample: fail a row whose test covers less than this "
+    "fraction of the reference grid (default: 0.95).", show_default=False)]
 ResampleOpt = Annotated[bool, typer.Option(
     "--resample", help="Resample a test/mask on another grid onto the reference grid (linear; "
     "nearest for masks) instead of failing the row.")]

@@ -2,8 +2,10 @@
 
 Only the options given on the command line are passed on, so that ``--resume`` takes every
 other setting from ``OUT/settings.json``. Exit codes: 0 every row ok; 1 at least one row
-failed; 2 usage or manifest error (nothing scored); 130 / 143 interrupted by SIGINT / SIGTERM
-(finished rows written, resume command printed).
+failed; 2 usage or manifest error (nothing scored), or the output folder could not be written
+(resume command printed); 130 / 143 interrupted by SIGINT / SIGTERM (finished rows written,
+resume command printed). The summary goes to stdout; messages and ``failed: ...`` lines to
+stderr, every one through :func:`volqa.pipeline.progress.printable`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import shlex
 import signal
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -29,7 +32,9 @@ from .options import (
     K2Opt,
     ManifestArg,
     MaxMemoryOpt,
+    MaxVolumeMemoryOpt,
     MetricsOpt,
+    MinCoverageOpt,
     Normalize,
     NormalizeOpt,
     OutOpt,
@@ -53,8 +58,9 @@ from .options import (
 )
 
 EPILOG = ("Exit status: 0 every row scored; 1 some rows failed (the others are in the tables); "
-          "2 usage or manifest error, nothing scored; 130/143 interrupted by Ctrl-C/SIGTERM "
-          "(finished rows written; continue with --resume).")
+          "2 usage or manifest error, nothing scored, or the output folder could not be written "
+          "(continue with --resume); 130/143 interrupted by Ctrl-C/SIGTERM (finished rows "
+          "written; continue with --resume).")
 
 # command-line parameter -> option name of Settings/Execution.from_options
 _RENAMED = {"ssim_window": "window"}
@@ -82,7 +88,9 @@ def score(
     ssim_2d: Ssim2dOpt = None,
     device: DeviceOpt = Device(Execution.device),
     max_memory: MaxMemoryOpt = None,
+    max_volume_memory: MaxVolumeMemoryOpt = None,
     resample: ResampleOpt = False,
+    min_coverage: MinCoverageOpt = None,
     save_maps: SaveMapsOpt = False,
     workers: WorkersOpt = Execution.workers,
     resume: ResumeOpt = False,
@@ -93,10 +101,9 @@ def score(
     progress: ProgressOpt = True,
 ) -> None:
     """Score every reference/test pair of MANIFEST; write OUT/results.csv and .parquet."""
-    from ..errors import ManifestError, SettingsError
+    from ..errors import ManifestError, OutputError, SettingsError
     from ..io.manifest import read_manifest
     from ..pipeline import BatchInterrupted, score_manifest
-    from ..pipeline.summary import summarize
     from ..schema import METRICS
 
     options_given = {name: plain(value) for name, value in ctx.params.items()
@@ -110,6 +117,7 @@ def score(
     options = {_RENAMED.get(k, k): v for k, v in options_given.items()}
     resume_argv = ["volqa", "score", str(manifest), "--out", str(out), "--resume"]
     command = command_line(ctx)
+    resume_hint = "To continue, run:\n  " + shlex.join(resume_argv)
     try:
         if group_by is not None:
             _check_group_by(read_manifest(manifest).columns, group_by)
@@ -119,26 +127,41 @@ def score(
     except (ManifestError, SettingsError) as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
+    except OutputError as exc:
+        _err(f"{exc}. {resume_hint}")
+        raise typer.Exit(2) from None
     except BatchInterrupted as stop:
-        rows = [] if stop.results is None else stop.results.to_dict("records")
-        names = [m for m in METRICS.names() if stop.results is not None
-                 and m in stop.results.columns]
-        typer.echo(summarize(rows, names, total=stop.total, group_by=group_by))
         name = signal.Signals(stop.signum).name
+        if stop.results is None:
+            _err(f"interrupted by {name} while writing the tables, which were left as they "
+                 f"were; the {stop.done} finished rows are in {out}/journal.jsonl. "
+                 + resume_hint)
+            raise typer.Exit(128 + stop.signum) from None
+        rows = stop.results.to_dict("records")
+        _report(rows, [m for m in METRICS.names() if m in stop.results.columns], stop.total,
+                group_by)
         _err(f"interrupted by {name} after {stop.done} of {stop.total} rows; the finished rows "
-             f"are in {out}/results.csv and results.parquet. To continue, run:\n  "
-             + shlex.join(resume_argv))
+             f"are in {out}/results.csv and results.parquet. " + resume_hint)
         raise typer.Exit(128 + stop.signum) from None
     meta = frame.attrs["volqa"]
-    typer.echo(summarize(frame.to_dict("records"),
-                         [m for m in METRICS.names() if m in frame.columns],
-                         total=meta["rows_total"], group_by=group_by))
-    typer.echo(f"wrote {out / 'results.csv'} and {out / 'results.parquet'}")
+    _report(frame.to_dict("records"), [m for m in METRICS.names() if m in frame.columns],
+            meta["rows_total"], group_by)
+    typer.echo(_printable(f"wrote {out / 'results.csv'} and {out / 'results.parquet'}"))
     if meta["rows_done"] < meta["rows_total"]:
         _err(f"stopped after the first failed row (--fail-fast): {meta['rows_done']} of "
              f"{meta['rows_total']} rows done; continue with:\n  " + shlex.join(resume_argv))
     if (frame["status"] != "ok").any():
         raise typer.Exit(1)
+
+
+def _report(rows: list[dict[str, Any]], metrics: list[str], total: int,
+            group_by: str | None) -> None:
+    """The summary on stdout, one ``failed: ...`` line per failed row on stderr."""
+    from ..pipeline.summary import failures, summarize
+
+    typer.echo(_printable(summarize(rows, metrics, total=total, group_by=group_by)))
+    for line in failures(rows):
+        typer.echo(_printable(line), err=True)
 
 
 def _check_group_by(columns: tuple[str, ...], group_by: str) -> None:
@@ -150,4 +173,11 @@ def _check_group_by(columns: tuple[str, ...], group_by: str) -> None:
 
 
 def _err(message: str) -> None:
-    typer.echo(f"volqa: {message}", err=True)
+    typer.echo(_printable(f"volqa: {message}"), err=True)
+
+
+def _printable(text: str) -> str:
+    from ..pipeline.progress import printable
+
+    return printable(text, keep_newlines=True)
+

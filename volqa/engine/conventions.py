@@ -21,6 +21,12 @@ Window = Literal["gaussian", "uniform"]
 Covariance = Literal["population", "sample"]
 Border = Literal["valid", "same-zero", "reflect"]
 
+#: Gaussian sigma (voxels) for which 2 sigma^2 is a normal, finite float64: the window taps
+#: exp(-d^2 / (2 sigma^2)) are then well defined (outside, they are NaN or overflow).
+SIGMA_RANGE = (math.sqrt(np.finfo(np.float64).tiny / 2), math.sqrt(np.finfo(np.float64).max / 2))
+#: float32's smallest normal and largest finite numbers (SSIM of float32 data is float32).
+FLOAT32_RANGE = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max))
+
 WINDOWS = ("gaussian", "uniform")
 COVARIANCES = ("population", "sample")
 BORDERS = ("valid", "same-zero", "reflect")
@@ -107,12 +113,18 @@ class SSIMSettings:
         sigmas = as_tuple(self.sigma, "sigma")
         if any(not (v > 0 and math.isfinite(v)) for v in sigmas):
             raise SettingsError(f"sigma must be > 0, got {self.sigma!r}")
+        low, high = SIGMA_RANGE
+        if any(not low <= v <= high for v in sigmas):
+            raise SettingsError(f"sigma must lie in [{low:.3g}, {high:.3g}] voxels, so that the "
+                                "Gaussian taps exp(-d^2 / (2 sigma^2)) are finite numbers; got "
+                                f"{self.sigma!r}")
         for name in ("k1", "k2"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, _NUMBER) or not (
                 value > 0 and math.isfinite(value)
             ):
-                raise SettingsError(f"k1 and k2 must be > 0, got k1={self.k1}, k2={self.k2}")
+                raise SettingsError(f"k1 and k2 must be finite numbers > 0, got k1={self.k1}, "
+                                    f"k2={self.k2}")
         if self.covariance == "sample" and any(w == 1 for w in sizes):
             raise SettingsError("sample covariance needs a window of more than one voxel")
         object.__setattr__(self, "win_size", _unwrap(tuple(int(w) for w in sizes)))
@@ -168,6 +180,47 @@ PRESET_NOTES: dict[str, str] = {
     "mask cropped like the map (its HU clipping, shift and data range 4024 are normalisation)",
 }
 DEFAULT_SSIM = SSIMSettings()
+
+
+def check_constants(k1: float, k2: float, data_range: float, *,
+                    limits: tuple[float, float] = FLOAT32_RANGE) -> None:
+    """Refuse K1, K2 and L whose SSIM constants do not fit the computation's float type.
+
+    C1 = (K1 L)^2 and C2 = (K2 L)^2 must be normal numbers (at least ``limits[0]``), their
+    product too (the denominator of a flat region), and (L^2 + C1)(L^2 + C2), the size of
+    the denominator for intensities of the order of L, at most ``limits[1]``. Outside, SSIM
+    is NaN, 0/0 or an overflow. ``limits`` are float32's by default (volqa's volumes).
+
+    Raises
+    ------
+    SettingsError
+        With the valid range of each of K1, K2 and L when the other two are kept.
+    """
+    tiny, huge = limits
+    rr = data_range * data_range  # products, not **: they give inf instead of raising
+    c1, c2 = (k1 * data_range) ** 2 if k1 * data_range < 1e150 else math.inf, \
+        (k2 * data_range) ** 2 if k2 * data_range < 1e150 else math.inf
+    if min(c1, c2, c1 * c2) >= tiny and (rr + c1) * (rr + c2) <= huge:
+        return
+
+    def k_range(c_other: float) -> tuple[float, float]:
+        low = max(math.sqrt(tiny), math.sqrt(tiny / c_other) if c_other > 0 else math.inf)
+        top = huge / (rr + c_other) - rr if rr + c_other > 0 else math.inf
+        high = math.sqrt(top) / data_range if top > 0 else 0.0
+        return low / data_range, high
+
+    l_low = max(math.sqrt(tiny) / min(k1, k2), tiny ** 0.25 / math.sqrt(k1) / math.sqrt(k2))
+    l_high = (huge / (1 + k1 * k1) / (1 + k2 * k2)) ** 0.25
+    ranges = [("k1", k_range(c2)), ("k2", k_range(c1)), ("L", (l_low, l_high))]
+    valid = "; ".join(f"{n} in [{lo:.3g}, {hi:.3g}]" for n, (lo, hi) in ranges
+                      if lo <= hi < math.inf)
+    raise SettingsError(
+        f"k1={k1:g}, k2={k2:g} and data range L={data_range:g} give SSIM constants "
+        f"C1 = (K1 L)^2 = {c1:.3g} and C2 = (K2 L)^2 = {c2:.3g} that float32 cannot use (C1, "
+        f"C2 and C1 C2 must be at least {tiny:.3g}, (L^2 + C1)(L^2 + C2) at most {huge:.3g}; "
+        f"else SSIM is NaN or overflows). Valid, keeping the other two: "
+        f"{valid or 'none'}."
+    )
 
 
 def resolve_settings(

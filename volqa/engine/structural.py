@@ -28,6 +28,7 @@ from .conventions import (
     Covariance,
     SSIMSettings,
     Window,
+    check_constants,
     per_axis,
     resolve_settings,
     window_taps,
@@ -330,6 +331,8 @@ def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memo
     if s.covariance == "sample":
         n_win = math.prod(sizes)
         cov_norm = n_win / (n_win - 1)
+    info = torch.finfo(x.dtype)
+    check_constants(s.k1, s.k2, L, limits=(info.tiny, info.max))
     c1, c2 = (s.k1 * L) ** 2, (s.k2 * L) ** 2
     dims = tuple(range(2, x.ndim))
     centre = (x.detach().mean(dims, keepdim=True), y.detach().mean(dims, keepdim=True))

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .itk import itk_message, itk_quiet, volume_from_sitk
-from .paths import read_error
-from .volume import Volume
+from .itk import itk_message, itk_quiet, itk_size, volume_from_sitk
+from .paths import read_error, special_file_kind
+from .volume import Volume, check_memory
 
-__all__ = ["read_dicom_folder"]
+__all__ = ["read_dicom_folder", "dicom_series_shape"]
 
 SLICE_STEP_RTOL = 0.01
 SLICE_STEP_ATOL_MM = 0.01
@@ -34,28 +34,15 @@ SLICE_GAP_FACTOR = 1.5
 SLICE_ORIENTATION_ATOL = 1e-4
 
 
-def read_dicom_folder(folder: Path, series_uid: str | None, source: str) -> Volume:
-    try:
-        count = len(os.listdir(folder))
-    except PermissionError:
-        raise read_error(source, "permission denied (the folder is not readable)") from None
-    if count == 0:
-        raise read_error(source, "empty folder", "expected the DICOM files of one series")
-    with itk_quiet():
-        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not uids:
-        raise read_error(source, f"no DICOM series in this folder ({count} entries; "
-                                 "subfolders are not searched)",
-                         "point to the folder holding the DICOM files, or to a NIfTI/MHA/NRRD file")
-    if series_uid is None and len(uids) > 1:
-        raise read_error(source, f"the folder holds {len(uids)} DICOM series: "
-                                 f"{_describe_series(folder, uids)}",
-                         f"name one as '{folder}#<SeriesInstanceUID>' (or series_uid=...)")
-    uid = series_uid or uids[0]
-    if uid not in uids:
-        raise read_error(source, f"no series with SeriesInstanceUID {uid!r}; the folder holds "
-                                 f"{_describe_series(folder, uids)}")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+def read_dicom_folder(folder: Path, series_uid: str | None, source: str,
+                      max_bytes: int | None = None) -> Volume:
+    """Read one series of a DICOM folder (see the module docstring).
+
+    The declared size (one file's rows x columns x frames, times the files of the series) is
+    checked against ``max_bytes`` before any pixel is read.
+    """
+    uid, files, n_series = _series_files(folder, series_uid, source)
+    check_memory(_series_shape(files, source), source, max_bytes, "the series declares")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -70,15 +57,64 @@ def read_dicom_folder(folder: Path, series_uid: str | None, source: str) -> Volu
         raise read_error(source, f"the {len(files)} slices of series {uid} have different "
                                  "ImageOrientationPatient values, so they do not form one 3-D "
                                  "volume", "is it a localizer or a radial series?")
+    pixel_spacing = _slice_tags(reader, len(files), "0028|0030")
+    if pixel_spacing is not None and np.ptp(pixel_spacing, axis=0).max() > \
+            SLICE_STEP_RTOL * pixel_spacing.min():
+        values = sorted({tuple(row) for row in pixel_spacing.tolist()})
+        raise read_error(source, f"the {len(files)} slices of series {uid} have different "
+                                 f"PixelSpacing values ({', '.join(map(str, values[:4]))} mm), "
+                                 "so they do not form one voxel grid",
+                         "resample the slices to one pixel spacing, or pick another series")
     positions = _slice_tags(reader, len(files), "0020|0032")
     normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
     notes = _slice_notes(positions @ normal, image.GetSpacing()[2]) if positions is not None else ()
-    if len(uids) == 1:
+    if n_series == 1:
         left_out = _count_dicom_files(folder) - len(files)
         if left_out > 0:  # GDCM drops files it cannot parse, at either end of the stack too
             notes = (*notes, f"{left_out} DICOM file(s) in the folder are not part of series "
                              f"{uid} (damaged or truncated?); the volume has {len(files)} slices")
     return volume_from_sitk(image, source, notes)
+
+
+def dicom_series_shape(folder: Path, series_uid: str | None, source: str) -> tuple[int, ...]:
+    """The size a series declares (from one file's header and the number of files)."""
+    return _series_shape(_series_files(folder, series_uid, source)[1], source)
+
+
+def _series_shape(files: Sequence[str], source: str) -> tuple[int, ...]:
+    size = itk_size(files[0], source, "GDCMImageIO")  # (columns, rows, frames[, components])
+    return (size[0], size[1], size[2] * len(files), *size[3:])
+
+
+def _series_files(folder: Path, series_uid: str | None, source: str
+                  ) -> tuple[str, Sequence[str], int]:
+    """(uid, its files sorted by GDCM, number of series in the folder); errors name why not."""
+    try:
+        entries = list(os.scandir(folder))
+    except PermissionError:
+        raise read_error(source, "permission denied (the folder is not readable)") from None
+    if not entries:
+        raise read_error(source, "empty folder", "expected the DICOM files of one series")
+    for entry in entries:
+        kind = special_file_kind(entry.path)
+        if kind:
+            raise read_error(source, f"{entry.path!r} is {kind}, not a file: reading it could "
+                             "block or never end", "remove it from the DICOM folder")
+    with itk_quiet():
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not uids:
+        raise read_error(source, f"no DICOM series in this folder ({len(entries)} entries; "
+                                 "subfolders are not searched)",
+                         "point to the folder holding the DICOM files, or to a NIfTI/MHA/NRRD file")
+    if series_uid is None and len(uids) > 1:
+        raise read_error(source, f"the folder holds {len(uids)} DICOM series: "
+                                 f"{_describe_series(folder, uids)}",
+                         f"name one as '{folder}#<SeriesInstanceUID>' (or series_uid=...)")
+    uid = series_uid or uids[0]
+    if uid not in uids:
+        raise read_error(source, f"no series with SeriesInstanceUID {uid!r}; the folder holds "
+                                 f"{_describe_series(folder, uids)}")
+    return uid, sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid), len(uids)
 
 
 def _count_dicom_files(folder: Path) -> int:

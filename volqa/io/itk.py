@@ -15,9 +15,18 @@ import numpy as np
 import SimpleITK as sitk
 
 from .paths import read_error
-from .volume import LPS_TO_RAS, Volume, as_3d, lps_geometry
+from .volume import (
+    LPS_TO_RAS,
+    Volume,
+    as_3d,
+    as_float32,
+    check_affine,
+    check_memory,
+    lps_geometry,
+)
 
-__all__ = ["volume_from_sitk", "volume_to_sitk", "read_itk_file", "itk_message", "itk_quiet"]
+__all__ = ["volume_from_sitk", "volume_to_sitk", "read_itk_file", "itk_size", "itk_message",
+           "itk_quiet"]
 
 
 def volume_from_sitk(image: sitk.Image, source: str, notes: Sequence[str] = ()) -> Volume:
@@ -36,9 +45,11 @@ def volume_from_sitk(image: sitk.Image, source: str, notes: Sequence[str] = ()) 
     -------
     Volume
     """
-    if image.GetNumberOfComponentsPerPixel() != 1:
+    if image.GetNumberOfComponentsPerPixel() != 1 or "complex" in \
+            image.GetPixelIDTypeAsString():
         raise read_error(source, f"{image.GetNumberOfComponentsPerPixel()} components per voxel "
-                         f"({image.GetPixelIDTypeAsString()})", "volqa needs a scalar volume")
+                         f"({image.GetPixelIDTypeAsString()})", "volqa needs a scalar, "
+                         "real-valued volume (save the magnitude or one channel)")
     kji = sitk.GetArrayViewFromImage(image)
     array = as_3d(kji.transpose(tuple(range(kji.ndim))[::-1]), source)
     dim = image.GetDimension()
@@ -46,8 +57,10 @@ def volume_from_sitk(image: sitk.Image, source: str, notes: Sequence[str] = ()) 
     affine_lps = np.eye(4)
     affine_lps[:3, :3] = direction * np.asarray(image.GetSpacing()[:3])
     affine_lps[:3, 3] = image.GetOrigin()[:3]
-    copied = np.array(array, dtype=np.float32, order="C")  # never a view of the ITK buffer
-    return Volume(copied, LPS_TO_RAS @ affine_lps, source, tuple(notes))
+    check_affine(LPS_TO_RAS @ affine_lps, source, "the spacing, direction and origin")
+    floats, found = as_float32(array, source)  # a copy, never a view of the ITK buffer
+    return Volume(np.ascontiguousarray(floats), LPS_TO_RAS @ affine_lps, source,
+                  (*notes, *found))
 
 
 def volume_to_sitk(volume: Volume) -> sitk.Image:
@@ -70,18 +83,46 @@ def volume_to_sitk(volume: Volume) -> sitk.Image:
     return image
 
 
-def read_itk_file(path: Path, source: str, image_io: str = "") -> Volume:
-    """Read an MHA/MHD/NRRD file (or one DICOM file with ``image_io="GDCMImageIO"``)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    if image_io:
-        reader.SetImageIO(image_io)
+def read_itk_file(path: Path, source: str, image_io: str = "",
+                  max_bytes: int | None = None) -> Volume:
+    """Read an MHA/MHD/NRRD file (or one DICOM file with ``image_io="GDCMImageIO"``).
+
+    The header is read first (``ReadImageInformation``) and the declared size checked against
+    ``max_bytes`` before any voxel is read.
+    """
+    reader = _header_reader(path, source, image_io)
+    check_memory(_declared(reader), source, max_bytes)
     with itk_quiet():
         try:
             image = reader.Execute()
         except RuntimeError as e:
             raise read_error(source, f"SimpleITK cannot read it ({itk_message(e)})") from None
     return volume_from_sitk(image, source)
+
+
+def itk_size(path: str | Path, source: str, image_io: str = "") -> tuple[int, ...]:
+    """The size ``(i, j, k, ...)`` an ITK-readable file declares (header only), with the
+    number of components per voxel appended when it is more than one."""
+    return _declared(_header_reader(path, source, image_io))
+
+
+def _declared(reader: sitk.ImageFileReader) -> tuple[int, ...]:
+    components = reader.GetNumberOfComponents()
+    return (*reader.GetSize(), *((components,) if components > 1 else ()))
+
+
+def _header_reader(path: str | Path, source: str, image_io: str) -> sitk.ImageFileReader:
+    """An ``ImageFileReader`` that has read the file's header (``ReadImageInformation``)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    if image_io:
+        reader.SetImageIO(image_io)
+    with itk_quiet():
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as e:
+            raise read_error(source, f"SimpleITK cannot read it ({itk_message(e)})") from None
+    return reader
 
 
 def itk_message(error: RuntimeError) -> str:

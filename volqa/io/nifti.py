@@ -4,6 +4,7 @@ write through volqa's atomic writer."""
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import zlib
 from pathlib import Path
@@ -11,24 +12,33 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..errors import SettingsError
+from ..errors import InputError, SettingsError
 from .atomic import atomic_write
 from .paths import NIFTI_SUFFIXES, read_error, suffix
-from .volume import Volume, as_3d
+from .volume import Volume, as_3d, as_float32, check_affine, check_memory
 
-__all__ = ["read_nifti", "write_nifti"]
+__all__ = ["read_nifti", "read_nifti_header", "check_nifti_header", "write_nifti"]
 
 
-def read_nifti(path: Path, source: str) -> Volume:
-    """Read a ``.nii`` or ``.nii.gz`` file, checking the gzip stream and the data length."""
+#: Bytes read (after decompression) to parse a header: NIfTI-2's 540 plus the extension flag.
+_HEAD_BYTES = 544
+_SINGLE_FILE_MAGIC = {b"n+1": 352, b"n+2": 544}  # magic -> first byte voxel data may start
+
+
+def read_nifti(path: Path, source: str, max_bytes: int | None = None) -> Volume:
+    """Read a ``.nii`` or ``.nii.gz`` file, checking the header before the data.
+
+    The header is parsed from the first bytes only (for ``.nii.gz`` only those are
+    decompressed) and checked (:func:`check_nifti_header`, and the declared size against
+    ``max_bytes``) before the file is read whole; then the gzip stream and the data length.
+    """
+    header = read_nifti_header(path, source)
+    check_memory(header.get_data_shape(), source, max_bytes)
     raw = path.read_bytes()
     if suffix(path) == ".nii.gz":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
-            if raw[344:347] in (b"n+1", b"ni1", b"n+2", b"ni2") or raw[4:8] == b"n+2\0":
-                raise read_error(source, "not gzip-compressed although named .nii.gz: it is a "
-                                         "plain NIfTI file", "rename it to .nii") from None
             raise read_error(source, f"corrupt gzip stream ({e})",
                              "the file is damaged or incomplete: re-create or re-copy it") from None
     image = _parse_nifti(raw, source)
@@ -41,25 +51,109 @@ def read_nifti(path: Path, source: str) -> Volume:
                                  f"{len(raw)} bytes", "the file is incomplete: re-create or "
                                  "re-copy it")
     try:
+        if dtype.kind in "iu" and dtype.itemsize == 8:  # check 64-bit integers before scaling
+            as_float32(np.asarray(image.dataobj.get_unscaled()), source)
         data = np.asarray(image.dataobj)  # applies scl_slope / scl_inter in floating point
     except (OSError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
         raise read_error(source, f"cannot read the voxel data ({e})") from None
-    array = as_3d(data, source).astype(np.float32)
-    return Volume(array, image.affine, source)
+    array, notes = as_float32(as_3d(data, source), source)
+    return Volume(array, image.affine, source, notes)
 
 
-def _parse_nifti(raw: bytes, source: str) -> nib.Nifti1Image:
-    """Parse NIfTI-1 or NIfTI-2 bytes, choosing by the header size field (348 or 540)."""
+def read_nifti_header(path: Path, source: str) -> nib.Nifti1Header:
+    """The header of a ``.nii``/``.nii.gz`` file as stored (not "fixed" by nibabel), from its
+    first bytes only, checked by :func:`check_nifti_header`."""
+    try:
+        if suffix(path) == ".nii.gz":
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(_HEAD_BYTES)
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(_HEAD_BYTES)
+    except (OSError, EOFError, zlib.error) as e:
+        with open(path, "rb") as fh:
+            start = fh.read(_HEAD_BYTES)
+        if start[344:347] in (b"n+1", b"ni1", b"n+2", b"ni2") or start[4:8] == b"n+2\0":
+            raise read_error(source, "not gzip-compressed although named .nii.gz: it is a "
+                                     "plain NIfTI file", "rename it to .nii") from None
+        raise read_error(source, f"corrupt gzip stream ({e})",
+                         "the file is damaged or incomplete: re-create or re-copy it") from None
+    klass = _nifti_class(head, source)
+    try:
+        header = klass.header_class.from_fileobj(io.BytesIO(head), check=False)
+    except Exception as e:  # nibabel raises several types for a damaged header
+        raise read_error(source, f"invalid NIfTI header ({e})") from None
+    check_nifti_header(header, source)
+    return header
+
+
+def check_nifti_header(header: nib.Nifti1Header, source: str) -> None:
+    """Refuse headers that would give silently wrong voxels or positions.
+
+    - ``vox_offset`` inside the header of a single-file NIfTI (the header would be read as
+      voxel data; it must be at least 352 for NIfTI-1, 544 for NIfTI-2);
+    - complex or colour (RGB/RGBA) data types;
+    - a non-finite entry in the transform the affine comes from (the sform when
+      ``sform_code > 0``, else the quaternion qform, else pixdim), or a zero or non-finite
+      voxel size (pixdim) where the qform or pixdim decides the affine.
+    """
+    magic = bytes(header["magic"]).rstrip(b"\0")
+    first = _SINGLE_FILE_MAGIC.get(magic)
+    offset = float(header["vox_offset"])
+    if first is not None and not offset >= first:
+        raise read_error(source, f"vox_offset = {offset:g} in the header, but the voxel data "
+                         f"of a single-file NIfTI ({magic.decode()}) starts at byte {first} or "
+                         "later: the header itself would be read as voxels",
+                         "the header is damaged: re-create the file")
+    dtype = header.get_data_dtype()
+    if dtype.fields is not None or dtype.kind == "c":
+        as_float32(np.empty(0, dtype), source)  # the one message for these types
+    fields: list[tuple[str, np.ndarray]]
+    if int(header["sform_code"]) > 0:
+        fields = [(f"srow_{a}", np.asarray(header[f"srow_{a}"])) for a in "xyz"]
+    else:
+        fields = [("pixdim[1:4]", np.asarray(header["pixdim"][1:4]))]
+        if int(header["qform_code"]) > 0:
+            fields += [(n, np.asarray([header[n]])) for n in
+                       ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
+                        "qoffset_z")]
+    for name, values in fields:
+        if not np.isfinite(values).all():
+            raise read_error(source, f"the header's {name} = {values.tolist()} has non-finite "
+                             "entries, so the volume's position in space cannot be known",
+                             "fix the header (or copy the reference's header) and save again")
+    if int(header["sform_code"]) == 0:
+        pixdim = np.asarray(header["pixdim"][1:4], dtype=float)
+        if not np.all(pixdim != 0):
+            raise read_error(source, f"zero voxel size in the header: pixdim[1:4] = "
+                             f"{pixdim.tolist()} (the qform/pixdim decides the geometry)",
+                             "set the voxel size (pixdim) and save again")
+
+
+def _nifti_class(raw: bytes, source: str) -> type[nib.Nifti1Image]:
+    """NIfTI-1 or NIfTI-2, chosen by the header size field (348 or 540)."""
     sizes = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
     klass = nib.Nifti1Image if 348 in sizes else nib.Nifti2Image if 540 in sizes else None
     if klass is None or len(raw) < 348:
         raise read_error(source, "not a NIfTI image (no NIfTI-1/2 header: the first 4 bytes should "
                                  "hold the header size 348 or 540)",
                          "is it another format, or text, renamed to .nii?")
+    return klass
+
+
+def _parse_nifti(raw: bytes, source: str) -> nib.Nifti1Image:
+    """Parse NIfTI-1 or NIfTI-2 bytes."""
+    klass = _nifti_class(raw, source)
     try:
-        return klass.from_bytes(raw)
+        image = klass.from_bytes(raw)
     except Exception as e:  # nibabel raises several types for a damaged header
         raise read_error(source, f"invalid NIfTI header ({e})") from None
+    origin = "the sform" if int(image.header["sform_code"]) > 0 else (
+        "the qform" if int(image.header["qform_code"]) > 0 else "the pixdim affine")
+    check_affine(image.affine, source, origin)
+    return image
 
 
 def write_nifti(array: np.ndarray, like: Volume, path: str | os.PathLike[str]) -> None:

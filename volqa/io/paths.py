@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
 from ..errors import InputError
@@ -16,6 +17,8 @@ __all__ = [
     "suffix",
     "split_series",
     "read_error",
+    "special_file_kind",
+    "input_files",
 ]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -57,3 +60,70 @@ def split_series(path: str) -> tuple[str, str | None]:
 def read_error(source: str, cause: str, hint: str = "") -> InputError:
     """``cannot read '<source>': <cause>; <hint>`` as an :class:`InputError`."""
     return InputError(f"cannot read {source!r}: {cause}" + (f"; {hint}" if hint else ""))
+
+
+def special_file_kind(path: str | os.PathLike[str]) -> str:
+    """"" for a regular file, a folder or a dangling link; else what it is (a FIFO, ...)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return ""
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a character device" if stat.S_ISCHR(mode) else "a block device"
+            if stat.S_ISBLK(mode) else "a special file")
+    if os.path.islink(path):
+        kind += f" (a symbolic link to {os.path.realpath(path)!r})"
+    return kind
+
+
+def input_files(path: str) -> list[str]:
+    """Every file whose bytes feed the volume at ``path``, for change detection.
+
+    A file, plus the data files an ``.mhd`` header (``ElementDataFile``) or an ``.nhdr``
+    header (``data file``) names; a DICOM folder (a ``#<uid>`` suffix is ignored): its
+    regular files (subfolders are not read). A data-file pattern (``%d``) or an unparsable
+    header counts every regular file in the header's folder. Missing files are left out.
+    """
+    fs_path, _ = split_series(path)
+    if os.path.isdir(fs_path):
+        return _regular_files(fs_path)
+    if not os.path.isfile(fs_path):
+        return []
+    files = [fs_path]
+    ext = suffix(fs_path)
+    if ext in (".mhd", ".nhdr"):
+        folder = os.path.dirname(fs_path)
+        named = _detached_data_files(fs_path, ext)
+        if named is None:
+            return sorted(set(files) | set(_regular_files(folder)))
+        files += [os.path.join(folder, n) for n in named if os.path.isfile(os.path.join(folder, n))]
+    return files
+
+
+def _regular_files(folder: str) -> list[str]:
+    with os.scandir(folder or ".") as entries:
+        return sorted(e.path for e in entries if e.is_file())
+
+
+def _detached_data_files(header: str, ext: str) -> list[str] | None:
+    """File names an .mhd/.nhdr header points to; None for patterns or an unreadable header."""
+    key = "elementdatafile" if ext == ".mhd" else "datafile"
+    try:
+        with open(header, encoding="latin-1") as fh:
+            lines = fh.read(1 << 20).splitlines()
+    except OSError:
+        return None
+    for n, line in enumerate(lines):
+        name, sep, value = line.partition("=" if ext == ".mhd" else ":")
+        if sep and name.replace(" ", "").lower() in (key, "data_file") and value.strip():
+            value = value.strip()
+            if value.upper().startswith("LIST"):
+                return [v.strip() for v in lines[n + 1:] if v.strip()]
+            if value.upper() == "LOCAL":
+                return []
+            if "%" in value:
+                return None
+            return [value]
+    return [] if ext == ".mhd" else None

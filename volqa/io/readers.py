@@ -19,24 +19,26 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .dicom import read_dicom_folder
-from .itk import read_itk_file
-from .nifti import read_nifti
+from .dicom import dicom_series_shape, read_dicom_folder
+from .itk import itk_size, read_itk_file
+from .nifti import read_nifti, read_nifti_header
 from .paths import (
     DICOM_SUFFIXES,
     FILE_SUFFIXES,
     ITK_SUFFIXES,
     NIFTI_SUFFIXES,
     read_error,
+    special_file_kind,
     split_series,
     suffix,
 )
 from .volume import Volume, check_finite
 
-__all__ = ["read_volume"]
+__all__ = ["read_volume", "volume_shape"]
 
 
-def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) -> Volume:
+def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None,
+                max_bytes: int | None = None) -> Volume:
     """Read a 3-D volume from a NIfTI, MHA/MHD/NRRD or DICOM file or a DICOM folder.
 
     Parameters
@@ -45,6 +47,9 @@ def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
         A file, a folder of DICOM files, or ``"folder#<SeriesInstanceUID>"``.
     series_uid : str, optional
         SeriesInstanceUID to read from a DICOM folder that holds several series.
+    max_bytes : int, optional
+        Refuse, from the header and before reading any voxel, a volume whose float32 array
+        would take more bytes (voxels x 4).
 
     Returns
     -------
@@ -56,9 +61,13 @@ def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
     InputError
         Naming the file and the cause: missing, empty (0 bytes), a directory where a file is
         expected, unreadable, unknown extension, corrupt gzip stream, truncated NIfTI, not a
-        NIfTI image, colour/vector voxels, 4-D with more than one volume, 2-D image, empty
-        folder, folder without DICOM, several series and none named, unknown series,
-        slices of one series with different orientations, NaN/Inf voxels.
+        NIfTI image, colour/vector or complex voxels, integers beyond 2**53, 4-D with more
+        than one volume, 2-D image, a non-finite or singular affine (or NIfTI header field
+        it comes from), a NIfTI ``vox_offset`` inside the header, a declared size over
+        ``max_bytes``, a FIFO/device/socket where a file is expected (also inside a DICOM
+        folder), empty folder, folder without DICOM, several series and none named, unknown
+        series, slices of one series with different orientations or pixel spacings, NaN/Inf
+        voxels.
 
     Notes
     -----
@@ -73,6 +82,45 @@ def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
     SimpleITK still assumes equally spaced slices, (last - first) / (n - 1) apart; the notes
     say so.
     """
+    p, uid, source = _locate(path, series_uid)
+    if p.is_dir():
+        volume = read_dicom_folder(p, uid, source, max_bytes)
+    else:
+        kind = _file_kind(p, source)
+        if kind == "nifti":
+            volume = read_nifti(p, source, max_bytes)
+        else:
+            volume = read_itk_file(p, source, "GDCMImageIO" if kind == "dicom" else "",
+                                   max_bytes)
+    check_finite(volume)
+    return volume
+
+
+def volume_shape(path: str | os.PathLike[str], *, series_uid: str | None = None
+                 ) -> tuple[int, ...]:
+    """The size a volume's header declares, without reading its voxels.
+
+    NIfTI: the header's dims (for ``.nii.gz`` only the first bytes are decompressed); ITK
+    formats and DICOM files: ``ReadImageInformation`` (size, then components); a DICOM
+    series: one file's size times the number of files. The float32 array of the volume
+    takes ``prod(shape) x 4`` bytes.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_volume`, for what the header alone shows.
+    """
+    p, uid, source = _locate(path, series_uid)
+    if p.is_dir():
+        return dicom_series_shape(p, uid, source)
+    kind = _file_kind(p, source)
+    if kind == "nifti":
+        return tuple(read_nifti_header(p, source).get_data_shape())
+    return itk_size(p, source, "GDCMImageIO" if kind == "dicom" else "")
+
+
+def _locate(path: str | os.PathLike[str], series_uid: str | None) -> tuple[Path, str | None, str]:
+    """(file-system path, series UID, source name); errors for missing or misnamed paths."""
     text, in_path = split_series(os.fspath(path))
     if in_path is not None and series_uid is not None and in_path != series_uid:
         raise read_error(os.fspath(path), f"two series UIDs given: {in_path!r} in the path and "
@@ -90,32 +138,33 @@ def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
         if suffix(p) in FILE_SUFFIXES:
             raise read_error(source, f"is a directory, but a {suffix(p)} file was expected",
                              "point to the file itself")
-        volume = read_dicom_folder(p, series_uid, source)
-    else:
-        if series_uid is not None:
-            raise read_error(source, "a series UID was given but the path is a file, not a "
-                             "DICOM folder", "drop '#<uid>' / series_uid or give the folder")
-        volume = _read_file(p, source)
-    check_finite(volume)
-    return volume
+    elif series_uid is not None:
+        raise read_error(source, "a series UID was given but the path is a file, not a "
+                         "DICOM folder", "drop '#<uid>' / series_uid or give the folder")
+    return p, series_uid, source
 
 
-def _read_file(path: Path, source: str) -> Volume:
+def _file_kind(path: Path, source: str) -> str:
+    """"nifti", "itk" or "dicom" for a readable file; errors name why not."""
     head = _check_file(path, source)
     ext = suffix(path)
     if ext in NIFTI_SUFFIXES:
-        return read_nifti(path, source)
+        return "nifti"
     if ext in ITK_SUFFIXES:
-        return read_itk_file(path, source)
+        return "itk"
     if ext in DICOM_SUFFIXES or head[128:132] == b"DICM":
-        return read_itk_file(path, source, image_io="GDCMImageIO")
+        return "dicom"
     raise read_error(source, f"unknown extension {ext or '(none)'!r} and not a DICOM file",
                      f"volqa reads {', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES)}, DICOM files and "
                      "DICOM folders")
 
 
 def _check_file(path: Path, source: str) -> bytes:
-    """Reject empty and unreadable files; return the first 132 bytes."""
+    """Reject special, empty and unreadable files; return the first 132 bytes."""
+    kind = special_file_kind(path)
+    if kind:
+        raise read_error(source, f"is {kind}, not a regular file: reading it could block or "
+                         "never end", "point to the volume file itself")
     if path.stat().st_size == 0:
         raise read_error(source, "the file is empty (0 bytes)", "re-create or re-copy it")
     try:

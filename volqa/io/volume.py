@@ -14,7 +14,15 @@ from nibabel.orientations import aff2axcodes
 
 from .paths import read_error
 
-__all__ = ["LPS_TO_RAS", "Volume", "lps_geometry", "as_3d", "check_finite"]
+__all__ = ["LPS_TO_RAS", "Volume", "lps_geometry", "as_3d", "as_float32", "check_finite",
+           "check_affine", "check_memory", "format_bytes"]
+
+#: Integers above this magnitude are not all exactly representable in float64 (2**53).
+FLOAT64_EXACT_INT = 2**53
+#: ... and in float32, volqa's working type (2**24): larger values are rounded (a note).
+FLOAT32_EXACT_INT = 2**24
+#: Bytes per voxel of a volume in memory (volqa holds every volume as float32).
+BYTES_PER_VOXEL = 4
 
 # World coordinates. nibabel, NIfTI and volqa use RAS+: +x towards the patient's Right,
 # +y Anterior, +z Superior. DICOM and ITK (SimpleITK) use LPS+: +x Left, +y Posterior,
@@ -128,3 +136,92 @@ def check_finite(volume: Volume) -> None:
         raise read_error(volume.source, f"{nan} NaN and {inf} Inf voxels (of "
                          f"{volume.array.size}; values beyond the float32 range count as Inf)",
                          "volqa does not guess values: fix or replace them and save again")
+
+
+def as_float32(data: np.ndarray, source: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Real-valued voxels as float32, refusing what a conversion would silently change.
+
+    Complex voxels (the imaginary part would be dropped), colour (RGB/RGBA) voxels and
+    integers beyond 2**53 (not exact in any floating-point type volqa uses) are an
+    :class:`~volqa.errors.InputError`; integers beyond 2**24, which float32 rounds, get a note.
+
+    Returns
+    -------
+    (ndarray, tuple of str)
+        The float32 array and the notes.
+    """
+    dtype = np.dtype(data.dtype)
+    if dtype.fields is not None:
+        raise read_error(source, f"colour voxels ({', '.join(dtype.names or ())} channels): "
+                         "volqa needs a scalar (greyscale) volume",
+                         "convert it to one intensity channel first")
+    if dtype.kind == "c":
+        raise read_error(source, f"complex-valued voxels ({dtype}): volqa scores real-valued "
+                         "volumes and will not drop the imaginary part silently",
+                         "save the magnitude (numpy.abs) or the real part as a real image")
+    notes: tuple[str, ...] = ()
+    if dtype.kind in "iu" and data.size:
+        largest = max(abs(int(data.min())), abs(int(data.max())))
+        if largest > FLOAT64_EXACT_INT:
+            raise read_error(source, f"{dtype} voxel values up to {largest} exceed 2**53 = "
+                             f"{FLOAT64_EXACT_INT}, beyond which integers are not exact in "
+                             "floating point (their differences would be lost)",
+                             "store the values in a smaller range (e.g. with a scale factor)")
+        if largest > FLOAT32_EXACT_INT:
+            notes = (f"{dtype} voxel values up to {largest} exceed 2**24 = {FLOAT32_EXACT_INT}: "
+                     "float32 rounds them (relative error <= 6e-8)",)
+    return data.astype(np.float32), notes
+
+
+def check_affine(affine: np.ndarray, source: str, origin: str = "the affine") -> None:
+    """Refuse a voxel-to-world matrix with non-finite entries or a zero-length voxel axis.
+
+    Parameters
+    ----------
+    affine : (4, 4) ndarray
+    source : str
+        The file, for the message.
+    origin : str
+        Where the matrix came from (e.g. ``"the sform"``), for the message.
+    """
+    bad = np.argwhere(~np.isfinite(affine[:3]))
+    if bad.size:
+        where = ", ".join(f"[{i}, {j}] = {affine[i, j]}" for i, j in bad[:6])
+        raise read_error(source, f"{origin} (voxel-to-world matrix) has non-finite entries "
+                         f"({where}): the volume's position cannot be known",
+                         "fix the header (or copy the reference's header) and save again")
+    lengths = np.linalg.norm(affine[:3, :3], axis=0)
+    if not np.all(lengths > 0) or abs(np.linalg.det(affine[:3, :3])) == 0.0:
+        raise read_error(source, f"{origin} (voxel-to-world matrix) is singular: voxel sizes "
+                         f"{tuple(round(float(v), 6) for v in lengths)} mm (a zero voxel size "
+                         "or parallel axes)", "fix the header (voxel size / pixdim) and save "
+                         "again")
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as e.g. ``"4 GiB"`` or ``"512.5 MiB"`` (powers of 1024)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.4g} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_memory(shape: tuple[int, ...], source: str, max_bytes: int | None,
+                 what: str = "the header declares") -> None:
+    """Refuse, before reading, a volume whose float32 array would exceed ``max_bytes``.
+
+    The estimate is ``voxels x 4`` bytes (volqa holds every volume as float32); reading takes
+    up to about three times that for a moment (the stored data, a scaled copy, the float32
+    array).
+    """
+    if max_bytes is None:
+        return
+    voxels = int(np.prod([int(n) for n in shape], dtype=object))
+    need = voxels * BYTES_PER_VOXEL
+    if need > max_bytes:
+        dims = "x".join(str(int(n)) for n in shape)
+        raise read_error(source, f"{what} {dims} voxels: {format_bytes(need)} as float32 in "
+                         f"memory, more than the limit of {format_bytes(max_bytes)} per volume "
+                         "(--max-volume-memory)", "raise the limit if this machine has the "
+                         "memory, or crop or downsample the volume")

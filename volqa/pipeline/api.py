@@ -20,17 +20,25 @@ from typing import Any
 import pandas as pd
 
 from .. import __version__
-from ..errors import SettingsError
+from ..errors import OutputError, SettingsError
 from ..execution import Execution
-from ..io.journal import JOURNAL_NAME, load_journal
-from ..io.manifest import missing_files, read_manifest
-from ..io.outdir import SETTINGS_NAME, prepare_out_dir, read_json, write_json
+from ..io.journal import JOURNAL_NAME
+from ..io.lock import OutDirLock
+from ..io.manifest import Manifest, missing_files, read_manifest
+from ..io.outdir import (
+    SETTINGS_NAME,
+    prepare_out_dir,
+    read_json,
+    refuse_overwriting_inputs,
+    write_json,
+)
 from ..schema import output_columns
 from ..settings import SETTINGS_FORMAT, Settings
 from .batch import Batch
 from .executors import Executor
+from .memory import volume_limit
 from .progress import printable, warn
-from .resume import plan_resume
+from .resume import journal_records, plan_resume
 from .row import RowFailure, RowJob, RowScorer
 
 __all__ = ["score_pair", "score_manifest"]
@@ -86,7 +94,7 @@ def score_pair(
     ex = Execution.from_options(execution, **e_opts)
     ex.resolved_device()
     scorer = scorer or RowScorer()
-    job = RowJob(0, "(pair)", reference, test, mask)
+    job = RowJob(0, "(pair)", reference, test, mask, max_volume_bytes=volume_limit(ex))
     try:
         fields = scorer.finish(scorer.prepare(job, s), s, ex).fields
     except RowFailure as failure:
@@ -128,7 +136,8 @@ def score_manifest(
         As in :func:`score_pair`. ``ssim_masked`` is in the default metrics when the manifest
         has a ``mask`` column (rows without a mask get an empty value); ``save_maps=True``
         writes each SSIM map to ``out/maps/`` as NIfTI in the reference's geometry, NaN where
-        the window does not fit; ``workers`` read the next rows in background threads.
+        the window does not fit; ``workers`` read the next rows in background threads;
+        ``max_volume_memory`` refuses, from its header, a volume larger than that.
     resume : bool, default False
         Continue the batch in ``out``: the settings come from ``out/settings.json``, options
         given here override them (rows whose settings then differ are computed again, and
@@ -159,7 +168,11 @@ def score_manifest(
     ManifestError
         The manifest is invalid (nothing scored, nothing written).
     SettingsError
-        Invalid options, or ``out`` is not empty and neither ``resume`` nor ``overwrite``.
+        Invalid options; ``out`` is not empty and neither ``resume`` nor ``overwrite``;
+        ``out`` is locked by another run (:class:`~volqa.io.lock.OutputLockedError`); an
+        output would replace or be written into an input.
+    OutputError
+        The output folder could not be written (the journal stays valid: resume later).
     BatchInterrupted
         SIGINT/SIGTERM; the finished rows were written first.
     """
@@ -167,33 +180,66 @@ def score_manifest(
     s_opts, e_opts = split_options(options)
     if out is None and (resume or overwrite or s_opts.get("save_maps")):
         raise SettingsError("resume, overwrite and save_maps need an output folder (out=...).")
-    out_dir = prepare_out_dir(out, resume=resume, overwrite=overwrite) if out else None
-    stored = _stored_settings(out_dir) if resume and out_dir is not None else None
+    stored = _stored_settings(Path(out)) if resume and out is not None else None
     s = Settings.from_options(settings or stored, **s_opts).for_manifest(manifest.has_mask)
     ex = Execution.from_options(execution, **e_opts)
     ex.resolved_device()
-    changed = s.differences(stored) if stored is not None else []
+    if out is None:
+        return _run(manifest, s, ex, None, [], None, fail_fast, progress, scorer, executor)
+    refuse_overwriting_inputs(out, _inputs(manifest))
+    lock = OutDirLock(out)  # acquired by prepare_out_dir once the folder exists
+    try:
+        out_dir = prepare_out_dir(out, resume=resume, overwrite=overwrite, lock=lock)
+        records, skipped = journal_records(out_dir / JOURNAL_NAME) if resume else ([], [])
+        changed = s.differences(stored) if stored is not None else []
+        return _run(manifest, s, ex, out_dir, records, (changed, skipped) if resume else None,
+                    fail_fast, progress, scorer, executor)
+    finally:
+        lock.release()
 
-    journal = load_journal(out_dir / JOURNAL_NAME) if resume and out_dir is not None else {}
-    plan = plan_resume(manifest.rows, journal, s.hash())
+
+def _run(manifest: Manifest, s: Settings, ex: Execution, out_dir: Path | None,
+         records: list[dict[str, Any]], resumed: tuple[list[str], list[str]] | None,
+         fail_fast: bool, progress: bool, scorer: RowScorer | None,
+         executor: Executor | None) -> pd.DataFrame:
+    """Plan (what resume reuses), record the settings, report, run the batch."""
+    plan = plan_resume(manifest.rows, records, s.hash(), hash_inputs=out_dir is not None)
+    changed, skipped = resumed or ([], [])
     meta = {
         "format": SETTINGS_FORMAT, "volqa_version": __version__,
         "manifest": str(manifest.path.resolve()), "command": command,
         "manifest_sha256": hashlib.sha256(manifest.path.read_bytes()).hexdigest(),
         "settings": s.as_dict(), "settings_hash": s.hash(), "execution": ex.as_dict(),
         "resume": {"reused": len(plan.reused), "computed": len(plan.todo),
-                   "reasons": dict(plan.reasons), "settings_changed": changed} if resume else None,
+                   "killed": len(plan.killed), "reasons": dict(plan.reasons),
+                   "settings_changed": changed, "journal_lines_skipped": skipped}
+        if resumed is not None else None,
     }
     if out_dir is not None:
-        write_json(out_dir / SETTINGS_NAME, {k: v for k, v in meta.items() if k != "resume"})
+        try:
+            write_json(out_dir / SETTINGS_NAME, {k: v for k, v in meta.items() if k != "resume"})
+        except OSError as exc:
+            raise OutputError(f"cannot write to output folder {str(out_dir)!r} "
+                              f"({SETTINGS_NAME}: {exc.strerror or exc}); free space or fix "
+                              "the folder's permissions, or choose another --out") from None
     if progress:
         warn(missing_files(manifest))
-        if resume:
+        if resumed is not None:
+            warn(f"{JOURNAL_NAME}: {why}; the line is ignored" for why in skipped)
             why = f"; settings changed: {', '.join(changed)}" if changed else ""
             sys.stderr.write(f"volqa: resuming in {printable(str(out_dir))}: "
-                             f"{plan.describe()}{why}\n")
+                             f"{plan.describe()}{printable(why)}\n")
     batch = Batch(manifest, s, ex, plan, out_dir, fail_fast, progress, scorer, executor, meta)
     return batch.run()
+
+
+def _inputs(manifest: Manifest) -> list[tuple[str, str]]:
+    """(what, path) of the manifest and every file it lists, for the overwrite check."""
+    found = [("the manifest", str(manifest.path))]
+    for row in manifest.rows:
+        found += [(f"subject {row.subject_id!r}: {role}", getattr(row, role))
+                  for role in ("reference", "test", "mask") if getattr(row, role)]
+    return found
 
 
 def _stored_settings(out_dir: Path) -> Settings | None:

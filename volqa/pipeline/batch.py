@@ -1,10 +1,15 @@
 """The batch loop: rows from an executor -> journal -> results -> tables.
 
 The loop alone owns the journal, the progress bar, signal handling and the final write; the
-executor decides where rows are computed, the scorer how. Every finished row is appended to
-``journal.jsonl`` and fsynced before the next; the tables are written at the end (also after
-a failed row with ``fail_fast`` and after SIGINT/SIGTERM, which then raise
-:class:`BatchInterrupted`).
+executor decides where rows are computed, the scorer how. Before a row is computed an
+``attempt`` record is appended to ``journal.jsonl``, and when it is finished its result;
+both are fsynced. A process killed while a row is in flight (out-of-memory killer, ``kill
+-9``) leaves an attempt without a result, which ``--resume`` uses
+(:mod:`.resume`). The tables are written at the end (also after a failed row with
+``fail_fast`` and after SIGINT/SIGTERM, which then raise :class:`BatchInterrupted`); a
+signal during that write lets it finish, a second one abandons it cleanly (no temporary
+file left). A failure to write the journal or the tables (disk full, read-only folder)
+stops the batch with an :class:`~volqa.errors.OutputError` naming the folder and the cause.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from .. import __version__
+from ..errors import OutputError
 from ..execution import Execution
 from ..io.journal import JOURNAL_NAME, Journal
 from ..io.manifest import Manifest, ManifestRow
@@ -25,8 +32,9 @@ from ..io.tables import build_table, write_tables
 from ..schema import output_columns
 from ..settings import Settings
 from .executors import Executor, ThreadExecutor
+from .memory import volume_limit
 from .progress import Progress, row_labels
-from .resume import ResumePlan
+from .resume import KILL_LIMIT, ResumePlan
 from .row import RowJob, RowResult, RowScorer
 from .signals import StopRequest, catch_signals
 
@@ -41,7 +49,8 @@ class BatchInterrupted(KeyboardInterrupt):
     signum : int
         The signal (``signal.SIGINT`` or ``signal.SIGTERM``); exit status ``128 + signum``.
     results : pandas.DataFrame or None
-        The finished rows (also written to the output folder, if any).
+        The finished rows (also written to the output folder, if any); None when a second
+        signal abandoned the final write (the journal holds the rows).
     done, total : int
         Finished rows and rows in the manifest.
     """
@@ -80,21 +89,41 @@ class Batch:
     meta: dict[str, Any] | None = None
 
     def run(self) -> pd.DataFrame:
-        """Score the rows the plan left to do; write the tables; return all finished rows."""
+        """Score the rows the plan left to do; write the tables; return all finished rows.
+
+        Raises
+        ------
+        BatchInterrupted
+            SIGINT/SIGTERM (after writing what is finished).
+        OutputError
+            The journal or the tables could not be written.
+        """
         results = {i: f for i, f in self.plan.reused.items()}
+        results.update({i: self._killed(self.manifest.rows[i], n)
+                        for i, n in self.plan.killed.items()})
         labels = row_labels(self.manifest)
         rows = {row.index: row for row in self.plan.todo}
-        jobs = [self._job(row) for row in self.plan.todo]
+        limit = volume_limit(self.execution)
+        jobs = [self._job(row, limit) for row in self.plan.todo]
         executor = self.executor or ThreadExecutor(self.execution.workers)
         scorer = self.scorer or RowScorer()
         bar = Progress(len(self.manifest), len(results), self.progress)
-        journal = Journal(self.out_dir / JOURNAL_NAME) if self.out_dir is not None else None
+        journal = None
+        if self.out_dir is not None:
+            try:
+                journal = Journal(self.out_dir / JOURNAL_NAME)
+            except OSError as exc:
+                raise self._output_error(exc, JOURNAL_NAME, len(results), False) from None
         stop = StopRequest()
         interrupted: int | None = None
+        failed_write: OSError | None = None
 
-        def on_start(job: RowJob) -> None:
-            stop.current = f"subject {job.subject_id!r}"
+        def on_start(job: RowJob) -> None:  # work on the row begins (read-ahead included)
             bar.start(labels[job.index])
+            if journal is not None:
+                journal.append({"type": "attempt", "key": self.plan.keys[job.index],
+                                "index": job.index, "subject_id": job.subject_id,
+                                "solo": job.solo})
 
         stream = executor.run(jobs, scorer, self.settings, self.execution, on_start)
         try:
@@ -110,21 +139,74 @@ class Batch:
                         break
         except KeyboardInterrupt:
             interrupted = stop.signum or signal.SIGINT
+        except OSError as exc:  # the journal: stop here, its whole lines stay valid
+            failed_write = exc
         finally:
             stream.close()
             bar.close()
             if journal is not None:
-                journal.close()
-        frame = self._write(results)
+                self._close_journal(journal)
+        frame, written = self._write_guarded(results, stop)
+        interrupted = interrupted or stop.signum
+        if failed_write is not None:
+            raise self._output_error(failed_write, JOURNAL_NAME, len(results), written)
+        if isinstance(written, OSError):
+            raise self._output_error(written, "the tables", len(results), False)
         if interrupted is not None:
             raise BatchInterrupted(interrupted, frame, len(results), len(self.manifest))
-        return frame
+        return frame  # type: ignore[return-value]
 
-    def _job(self, row: ManifestRow) -> RowJob:
+    @staticmethod
+    def _close_journal(journal: Journal) -> None:
+        """Append the ``stop`` record (rows left unfinished were not killed: the run ended
+        in order) and close; a journal that cannot be written any more is just closed."""
+        try:
+            journal.append({"type": "stop"})
+        except (OSError, ValueError):
+            pass
+        journal.close()
+
+    def _write_guarded(self, results: dict[int, dict[str, Any]], stop: StopRequest
+                       ) -> tuple[pd.DataFrame | None, bool | OSError]:
+        """The final write under signal handling: (frame, True) when written; (None, False)
+        when a second signal abandoned it; (None, error) when it failed."""
+        stop.current = "writing the tables"  # a first signal lets the write finish
+        try:
+            with catch_signals(stop):
+                return self._write(results), True
+        except KeyboardInterrupt:
+            stop.signum = stop.signum or signal.SIGINT
+            return None, False
+        except OSError as exc:
+            return None, exc
+
+    def _output_error(self, exc: OSError, where: str, done: int, written: bool | OSError
+                      ) -> OutputError:
+        cause = exc.strerror or str(exc) or type(exc).__name__
+        state = ("the tables were written" if written is True
+                 else "the tables were not written")
+        return OutputError(
+            f"cannot write to output folder {str(self.out_dir)!r} ({where}: {cause}); "
+            f"{done} of {len(self.manifest)} rows are recorded in {JOURNAL_NAME} and {state}. "
+            "Free space or fix the folder's permissions, then continue with --resume")
+
+    def _job(self, row: ManifestRow, max_volume_bytes: int) -> RowJob:
         map_path = None
         if self.settings.save_maps and self.out_dir is not None:
             map_path = str(self.out_dir / MAPS_DIR / map_name(row))
-        return RowJob(row.index, row.subject_id, row.reference, row.test, row.mask, map_path)
+        return RowJob(row.index, row.subject_id, row.reference, row.test, row.mask, map_path,
+                      max_volume_bytes, row.index in self.plan.solo)
+
+    def _killed(self, row: ManifestRow, kills: int) -> dict[str, Any]:
+        """The error row of a row that took the process down ``kills`` times."""
+        files = ", ".join(f"{r} {p!r}" for r, p in (("reference", row.reference),
+                                                      ("test", row.test), ("mask", row.mask))
+                          if p)
+        return {"status": "error", "volqa_version": __version__, "error": (
+            f"subject {row.subject_id!r} ({files}): the process was killed {kills} times while "
+            f"scoring this row, the last time with no other row in flight (out of memory? "
+            f"see --max-volume-memory); after {KILL_LIMIT} kills it is not retried by "
+            "--resume: start again with --overwrite to retry it")}
 
     def _record(self, row: ManifestRow, result: RowResult, journal: Journal | None
                 ) -> dict[str, Any]:
@@ -133,7 +215,7 @@ class Batch:
             fields["ssim_map"] = os.path.relpath(fields["ssim_map"], self.out_dir)
         if journal is not None:
             journal.append({
-                "key": self.plan.keys[row.index], "index": row.index,
+                "type": "result", "key": self.plan.keys[row.index], "index": row.index,
                 "subject_id": row.subject_id, "test": row.test,
                 "inputs": self.plan.inputs[row.index],
                 "settings_hash": self.settings.hash(), "fields": fields,

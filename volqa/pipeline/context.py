@@ -8,6 +8,7 @@ registry and nothing is computed twice.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -107,6 +108,13 @@ class PairContext:
                 out[m.name] = None
                 self.note(f"{m.name} not computed: {exc}")
                 continue
+            if value is not None and math.isnan(float(value)):
+                raise InputError(
+                    f"{m.name} came out NaN although the volumes are finite: their intensities "
+                    f"(normalised: {float(np.abs(self.reference).max()):.3g} at most in the "
+                    f"reference) and L = {self.data_range:.3g} overflow or underflow float32 "
+                    "in the SSIM formula; use a --normalize mode (default minmax) or a data "
+                    "range of the order of the intensities")
             out[m.name] = None if value is None else float(value)
         return out
 

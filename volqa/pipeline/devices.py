@@ -1,9 +1,11 @@
 """Where the engine runs, and what happens when it runs out of memory.
 
-The policy: a CUDA out-of-memory error retries the computation on the same device with half
+The policy: an out-of-memory error retries the computation on the same device with half
 the tile budget (half of what the failed attempt used: the engine's default when none was
-given), then on the CPU. The row records where it finally ran and a note for each retry.
-An out-of-memory error on the CPU is not retried.
+given); on CUDA, a second one moves it to the CPU. The row records where it finally ran and a
+note for each retry. Out of memory means torch's CUDA error, its CPU allocator's failure
+(``[enforce fail at alloc_cpu.cpp] ... DefaultCPUAllocator: can't allocate memory``) and
+Python's ``MemoryError`` (numpy).
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ T = TypeVar("T")
 _HALF = object()  # marker: "half of the budget used by the failed attempt"
 
 
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "not enough memory",
+              "defaultcpuallocator")
+
+
 def is_oom(exc: BaseException) -> bool:
-    """True for torch's out-of-memory errors (CUDA, and allocator messages)."""
+    """True for out-of-memory errors: torch's (CUDA, CPU allocator) and ``MemoryError``."""
     import torch
 
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    return isinstance(exc, oom) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    return isinstance(exc, oom | MemoryError) or (
+        isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS)
     )
 
 
@@ -55,9 +61,9 @@ def run_with_oom_fallback(
     (result, device, notes)
         The result, the device it was computed on, and one note per retry.
     """
-    attempts: list[tuple[str, object]] = [(device, max_memory)]
+    attempts: list[tuple[str, object]] = [(device, max_memory), (device, _HALF)]
     if device != "cpu":
-        attempts += [(device, _HALF), ("cpu", max_memory)]
+        attempts.append(("cpu", max_memory))
     notes: list[str] = []
     for i, (dev, budget) in enumerate(attempts):
         if budget is _HALF:

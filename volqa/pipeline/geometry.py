@@ -13,6 +13,17 @@ spacing, direction and origin agree:
 A pure permutation or flip of the voxel axes is undone exactly (voxel values are moved, not
 interpolated) with ``nibabel.orientations``; anything else is a :class:`GeometryError`
 unless resampling is asked for.
+
+Two guards keep resampling from producing a confident wrong number:
+
+- a *lost header*: when the shapes match but one affine is a default that files get when
+  their geometry was dropped (the identity; SimpleITK's default, spacing 1 at the origin;
+  nibabel's affine for a NIfTI without sform and qform), the row fails with a message that
+  says so and suggests copying the reference's header, even with ``resample=True``:
+  resampling by a lost affine puts the volume in the wrong place;
+- *coverage*: when resampling, the fraction of the reference's voxel centres that lie inside
+  the test's extent (its voxel centres +- half a voxel) is recorded; below ``min_coverage``
+  the row fails (outside its extent the test would be extrapolated).
 """
 
 from __future__ import annotations
@@ -22,10 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+from nibabel.volumeutils import shape_zoom_affine
 
 from ..errors import GeometryError
 from ..io.itk import volume_to_sitk
-from ..io.volume import Volume, lps_geometry
+from ..io.volume import LPS_TO_RAS, Volume, lps_geometry
 
 __all__ = ["Alignment", "align_to_reference"]
 
@@ -46,14 +58,18 @@ class Alignment:
         ``"test LPS->RAS; mask LPS->RAS"`` (orientation codes before and after).
     resampled : bool
         True when the test or the mask was interpolated onto the reference grid.
+    coverage : float or None
+        When the test was resampled: the fraction of the reference grid inside its extent.
     """
 
     reoriented: str = ""
     resampled: bool = False
+    coverage: float | None = None
 
 
 def align_to_reference(
-    reference: Volume, test: Volume, mask: Volume | None = None, *, resample: bool = False
+    reference: Volume, test: Volume, mask: Volume | None = None, *, resample: bool = False,
+    min_coverage: float = 0.0,
 ) -> tuple[Volume, Volume | None, Alignment]:
     """Return ``test`` and ``mask`` on the voxel grid of ``reference``.
 
@@ -66,6 +82,9 @@ def align_to_reference(
     resample : bool
         Resample a volume whose grid differs by more than an axis permutation/flip, instead
         of raising.
+    min_coverage : float
+        With ``resample``: the smallest fraction of the reference's voxel centres that must
+        lie inside the test's extent.
 
     Returns
     -------
@@ -77,8 +96,9 @@ def align_to_reference(
     ------
     GeometryError
         When a grid differs (see the module docstring for the tolerances) and reorienting
-        does not fix it, and ``resample`` is False. The message names what differs with
-        the values.
+        does not fix it, and ``resample`` is False; when a header looks lost; when a
+        resampled test covers less than ``min_coverage`` of the reference grid. The message
+        names what differs with the values.
 
     Notes
     -----
@@ -91,12 +111,22 @@ def align_to_reference(
     binary mask stays binary). Reference points outside the test's extent take the nearest
     edge value of the test; outside the mask's extent the mask is 0.
     """
+    given = test
     test, reoriented_test, resampled_test = _align_one(reference, test, "test", resample)
+    coverage = None
+    if resampled_test:
+        coverage = covered_fraction(reference, given)
+        if coverage < min_coverage:
+            raise GeometryError(
+                f"test {given.source!r} covers only {coverage:.1%} of the reference grid of "
+                f"{reference.source!r} after resampling (at least {min_coverage:.0%} is "
+                "required; outside its extent the test would be extrapolated): do the two "
+                "volumes show the same region? (--min-coverage sets the threshold)")
     reoriented_mask, resampled_mask = "", False
     if mask is not None:
         mask, reoriented_mask, resampled_mask = _align_one(reference, mask, "mask", resample)
     reoriented = "; ".join(r for r in (reoriented_test, reoriented_mask) if r)
-    return test, mask, Alignment(reoriented, resampled_test or resampled_mask)
+    return test, mask, Alignment(reoriented, resampled_test or resampled_mask, coverage)
 
 
 def _align_one(reference: Volume, volume: Volume, role: str,
@@ -107,6 +137,17 @@ def _align_one(reference: Volume, volume: Volume, role: str,
     moved, how = _reorient_like(reference, volume, role)
     if how and not _differences(reference, moved):
         return moved, how, False
+    if volume.shape == reference.shape:
+        for lost, name, other, other_name in ((volume, role, reference, "the reference"),
+                                              (reference, "reference", volume, f"the {role}")):
+            if _looks_lost(lost) and not _looks_lost(other):
+                raise GeometryError(
+                    f"{name} {lost.source!r} has a default affine {_fmt(lost.affine[:3])}, what "
+                    f"a file gets when its geometry was not saved, while its shape {lost.shape} "
+                    f"matches {other_name} {other.source!r}: its header looks lost. If both "
+                    f"are on one grid, copy the header of {other.source!r} into it (nibabel: "
+                    "nib.Nifti1Image(data, img.affine, img.header)); --resample is not "
+                    "applied, since resampling by a lost affine would misplace the volume")
     if resample:
         return _resample_onto(reference, volume, role), "", True
     differences = "; ".join(_differences(reference, moved))
@@ -138,6 +179,38 @@ def _differences(reference: Volume, other: Volume) -> list[str]:
         found.append(f"origin {_fmt(other.origin)} vs {_fmt(reference.origin)} mm RAS "
                      f"(tolerance {tolerance:.3g} mm)")
     return found
+
+
+def _looks_lost(volume: Volume) -> bool:
+    """True for an affine that files get when their geometry was dropped: the identity,
+    SimpleITK's default (spacing 1, identity direction, origin 0: LPS_TO_RAS in RAS), or
+    nibabel's affine for a NIfTI without sform and qform (centred, x flipped)."""
+    defaults = (np.eye(4), LPS_TO_RAS,
+                shape_zoom_affine(volume.shape, volume.spacing, x_flip=True))
+    return any(np.allclose(volume.affine, d, rtol=0, atol=1e-6) for d in defaults)
+
+
+def covered_fraction(reference: Volume, volume: Volume) -> float:
+    """Fraction of ``reference``'s voxel centres inside ``volume``'s extent (its voxel
+    centres +- half a voxel along each of its axes); exact, one vectorised pass."""
+    to_vox = np.linalg.inv(volume.affine) @ reference.affine  # reference index -> volume index
+    ni, nj, nk = reference.shape
+    i, j = np.meshgrid(np.arange(ni), np.arange(nj), indexing="ij")
+    base = (to_vox[:3, 0, None] * i.ravel() + to_vox[:3, 1, None] * j.ravel()
+            + to_vox[:3, 3, None])  # (3, ni*nj): position of (i, j, k=0)
+    k_lo = np.zeros(base.shape[1])
+    k_hi = np.full(base.shape[1], nk - 1.0)
+    for axis, step in enumerate(to_vox[:3, 2]):
+        lo, hi = -0.5 - base[axis], volume.shape[axis] - 0.5 - base[axis]
+        if abs(step) < 1e-12:  # this axis does not move with k: all or nothing
+            outside = (lo > 0) | (hi < 0)
+            k_hi[outside] = -1.0
+            continue
+        a, b = lo / step, hi / step
+        a, b = np.minimum(a, b), np.maximum(a, b)  # a negative step swaps the bounds
+        k_lo, k_hi = np.maximum(k_lo, a), np.minimum(k_hi, b)
+    counts = np.clip(np.floor(k_hi + 1e-9) - np.ceil(k_lo - 1e-9) + 1, 0, None)
+    return float(counts.sum() / (ni * nj * nk))
 
 
 def _origin_tolerance(reference: Volume) -> float:

@@ -2,8 +2,9 @@
 
 A row is named by its subject; when a subject has several rows (one per method, say), by the
 subject and the covariates that tell its rows apart (``sub-01 method=unet``), else by the
-shortest end of the test path that does (``sub-01 unet/s01.nii.gz``). Everything shown on the terminal has its control characters escaped, so a
-subject id cannot move the cursor, retitle the window or clear the screen.
+shortest end of the test path that does (``sub-01 unet/s01.nii.gz``). Everything volqa shows
+on the terminal goes through :func:`printable`, so a subject id or a path cannot move the
+cursor, retitle the window or clear the screen.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..io.manifest import PATH_COLUMNS, Manifest, ManifestRow
@@ -22,9 +23,12 @@ __all__ = ["printable", "row_labels", "distinct_tails", "Progress"]
 _MAX_LABEL = 60
 
 
-def printable(text: str) -> str:
-    """``text`` with control characters (C0, DEL, C1) shown as escapes, e.g. ``\\x1b``."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with control characters (C0, DEL, C1, and other non-printable characters such
+    as bidirectional overrides) shown as escapes, e.g. ``\\x1b``; ``keep_newlines`` leaves
+    line breaks (``\\n``) in place for messages of several lines."""
+    keep = " \n" if keep_newlines else " "
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
 def row_labels(manifest: Manifest) -> dict[int, str]:
@@ -78,7 +82,7 @@ class Progress:
         self.bar.close()
 
 
-def warn(messages: Sequence[str]) -> None:
+def warn(messages: Iterable[str]) -> None:
     """One ``volqa: warning: ...`` line per message on stderr (escaped)."""
     for m in messages:
         sys.stderr.write(f"volqa: warning: {printable(m)}\n")

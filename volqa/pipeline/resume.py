@@ -1,9 +1,22 @@
-"""What ``--resume`` may reuse: fingerprints of inputs, row keys, and the plan with reasons.
+"""What ``--resume`` may reuse: fingerprints of inputs, row keys, journal checks, the plan.
 
-A journal record is reused when it finished ``ok`` and its key matches: the same subject and
-test path, the same input files (path, size and modification time; a folder: every entry's)
-and the same settings hash. Every other row is computed again, and the plan says why: it
-failed before, its settings changed, an input file changed, or it was never run.
+A journal result is reused when it finished ``ok`` and its key matches: the same subject and
+test path, the same input *contents* and the same settings hash. An input's fingerprint is
+the SHA-256 of every file that feeds it (:func:`volqa.io.paths.input_files`: a NIfTI file; an
+``.mhd``/``.nhdr`` header and its data files; every file of a DICOM folder), so a file
+replaced by another of the same size and modification time (``cp -p``, ``rsync -t``, tar)
+is noticed. Hashing reads each input once more (about 1.4 GB/s on one core when the file is
+in the page cache; ``scripts/bench_fingerprint.py``).
+
+Journal lines are checked before any is used (:func:`record_problem`): a line that is not a
+record volqa wrote (missing or mistyped fields, a metric given as text, a checksum that does
+not match, i.e. a hand edit) is skipped and reported.
+
+A row that was in flight when a run was killed (an ``attempt`` record with neither a result
+nor a ``stop`` record after it: a run that ends in order, interrupted or not, writes
+``stop``) is run again with nothing else in flight (``solo``); once it has been killed
+:data:`KILL_LIMIT` times, the last time while running solo, it is recorded as failed
+instead of being retried (it is what kills the process, e.g. out of memory).
 """
 
 from __future__ import annotations
@@ -16,32 +29,35 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..io.journal import read_journal
 from ..io.manifest import ManifestRow
-from ..io.paths import split_series
+from ..io.paths import input_files
+from ..schema import HEAD_COLUMNS, METRICS, ROW_COLUMNS, SETTING_COLUMNS
 
-__all__ = ["fingerprint", "row_inputs", "row_key", "ResumePlan", "plan_resume"]
+__all__ = ["KILL_LIMIT", "fingerprint", "row_inputs", "row_key", "record_problem",
+           "journal_records", "ResumePlan", "plan_resume"]
+
+#: Kills after which a row is recorded as failed instead of being retried.
+KILL_LIMIT = 2
+_BLOCK = 1 << 20
 
 
 def fingerprint(path: str | None) -> Any:
-    """Identity of an input for --resume: path + size + mtime (a folder: of every entry)."""
+    """Identity of an input for --resume: its path and the SHA-256 of every file feeding it."""
     if path is None:
         return None
-    fs_path, _ = split_series(path)
-    try:
-        st = os.stat(fs_path)
-    except OSError:
+    files = input_files(path)
+    if not files:
         return {"path": path, "missing": True}
-    if os.path.isdir(fs_path):
-        entries = []
-        for e in sorted(os.scandir(fs_path), key=lambda e: e.name):
-            try:
-                s = e.stat()
-                entries.append((e.name, s.st_size, s.st_mtime_ns))
-            except OSError:
-                entries.append((e.name, -1, -1))
-        digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
-        return {"path": path, "folder": digest}
-    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(os.path.basename(name).encode("utf-8", "surrogateescape") + b"\0")
+        try:
+            with open(name, "rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha256").digest())
+        except OSError as e:  # unreadable now: the row will say why; never reuse it
+            digest.update(f"unreadable: {e.errno}".encode())
+    return {"path": path, "files": len(files), "sha256": digest.hexdigest()}
 
 
 def row_inputs(row: ManifestRow) -> dict[str, Any]:
@@ -55,36 +71,113 @@ def row_key(row: ManifestRow, inputs: Mapping[str, Any], settings_hash: str) -> 
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
+_FIELD_TYPES = {c.name: c.dtype for c in (*HEAD_COLUMNS, *ROW_COLUMNS, *SETTING_COLUMNS)}
+_RECORD_FIELDS = {  # record type -> required fields and their types
+    "result": {"key": str, "index": int, "subject_id": str, "test": str, "inputs": dict,
+               "settings_hash": str, "fields": dict},
+    "attempt": {"key": str, "index": int, "subject_id": str, "solo": bool},
+    "stop": {},
+}
+_PYTHON_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "float64": (int, float),
+                                              "int64": (int,), "bool": (bool,)}
+
+
+def record_problem(record: Mapping[str, Any]) -> str | None:
+    """Why a journal record (checksum already verified) is not one volqa wrote, or None."""
+    kind = record.get("type")
+    if kind not in _RECORD_FIELDS:
+        return f"unknown record type {kind!r}"
+    for name, typ in _RECORD_FIELDS[kind].items():
+        value = record.get(name)
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            return f"field {name!r} is {value!r}, not a {typ.__name__}"
+    if kind != "result":
+        return None
+    fields = record["fields"]
+    if fields.get("status") not in ("ok", "error"):
+        return f"status {fields.get('status')!r} is neither 'ok' nor 'error'"
+    for name, value in fields.items():
+        dtype = METRICS[name].dtype if name in METRICS else _FIELD_TYPES.get(name)
+        if dtype is None:
+            return f"unknown field {name!r}"
+        allowed = _PYTHON_TYPES[dtype]
+        if value is not None and (not isinstance(value, allowed)
+                                  or (bool not in allowed and isinstance(value, bool))):
+            return f"field {name!r} = {value!r} is not a {dtype} value"
+    if fields["status"] == "ok" and fields.get("error") is not None:
+        return "an 'ok' row with an error message"
+    return None
+
+
+def journal_records(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The journal's records that verify and validate, in file order, and why each other
+    line was skipped (``"line 7: ..."``, ``"record '<key>': ..."``)."""
+    lines = read_journal(path)
+    records = []
+    for rec in lines.records:
+        problem = record_problem(rec)
+        if problem is None:
+            records.append(rec)
+        else:
+            lines.skipped.append(f"record {rec.get('key')!r}: {problem}")
+    return records, lines.skipped
+
+
 @dataclass
 class ResumePlan:
-    """Rows to reuse (index -> journal fields), rows to compute, and why."""
+    """Rows to reuse (index -> journal fields), rows to compute, rows killed too often."""
 
     keys: dict[int, str]
     inputs: dict[int, dict[str, Any]]
     reused: dict[int, dict[str, Any]] = field(default_factory=dict)
     todo: list[ManifestRow] = field(default_factory=list)
+    solo: set[int] = field(default_factory=set)
+    killed: dict[int, int] = field(default_factory=dict)
     reasons: Counter[str] = field(default_factory=Counter)
 
     def describe(self) -> str:
         """E.g. ``"5 row(s) reused, 3 to compute (2 failed before, 1 input changed)"``."""
         why = ", ".join(f"{n} {r}" for r, n in self.reasons.most_common())
-        return (f"{len(self.reused)} row(s) reused, {len(self.todo)} to compute"
+        killed = f", {len(self.killed)} not retried (killed {KILL_LIMIT} times)" \
+            if self.killed else ""
+        return (f"{len(self.reused)} row(s) reused, {len(self.todo)} to compute{killed}"
                 + (f" ({why})" if why else ""))
 
 
-def plan_resume(rows: Sequence[ManifestRow], journal: Mapping[str, Mapping[str, Any]],
-                settings_hash: str) -> ResumePlan:
-    """Sort rows into reused and to-compute, with a reason for each recomputed row."""
-    inputs = {row.index: row_inputs(row) for row in rows}
+def plan_resume(rows: Sequence[ManifestRow], records: Sequence[Mapping[str, Any]],
+                settings_hash: str, *, hash_inputs: bool = True) -> ResumePlan:
+    """Sort rows into reused, to compute (``solo`` when a kill left them unfinished) and
+    killed, with a reason for each recomputed row. ``records`` are valid journal records in
+    file order. ``hash_inputs=False`` skips the fingerprints (a run without a journal)."""
+    inputs = {row.index: row_inputs(row) if hash_inputs else {} for row in rows}
     plan = ResumePlan({r.index: row_key(r, inputs[r.index], settings_hash) for r in rows}, inputs)
-    by_row = {(rec.get("subject_id"), rec.get("test")): rec for rec in journal.values()}
+    results: dict[str, Mapping[str, Any]] = {}
+    unfinished: dict[str, list[bool]] = {}  # key -> solo flags of attempts after its last result
+    for rec in records:
+        if rec["type"] == "result":
+            results[rec["key"]] = rec
+            unfinished.pop(rec["key"], None)
+        elif rec["type"] == "attempt":
+            unfinished.setdefault(rec["key"], []).append(rec["solo"])
+        else:  # "stop": that run ended in order, so what it left unfinished was not killed
+            unfinished.clear()
+    by_row = {(rec["subject_id"], rec["test"]): rec for rec in results.values()}
     for row in rows:
-        rec = journal.get(plan.keys[row.index])
-        if rec is not None and rec.get("fields", {}).get("status") == "ok":
+        key = plan.keys[row.index]
+        rec = results.get(key)
+        kills = unfinished.get(key, [])
+        if rec is not None and rec["fields"]["status"] == "ok" and not kills:
             plan.reused[row.index] = dict(rec["fields"])
             continue
+        if len(kills) >= KILL_LIMIT and kills[-1]:
+            plan.killed[row.index] = len(kills)
+            continue
         plan.todo.append(row)
-        if not journal:
+        if kills:
+            plan.solo.add(row.index)
+            plan.reasons["in flight when a run was killed"] += 1
+            continue
+        if not records:
             continue
         if rec is not None:
             plan.reasons["failed before"] += 1
@@ -92,7 +185,7 @@ def plan_resume(rows: Sequence[ManifestRow], journal: Mapping[str, Mapping[str, 
         prev = by_row.get((row.subject_id, row.test))
         if prev is None:
             plan.reasons["not run before"] += 1
-        elif prev.get("settings_hash") != settings_hash:
+        elif prev["settings_hash"] != settings_hash:
             plan.reasons["settings changed"] += 1
         else:
             plan.reasons["input file changed"] += 1

@@ -18,6 +18,7 @@ recorded with its type name. Subclass :class:`RowScorer` and override
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -34,7 +35,7 @@ from ..io.volume import Volume
 from ..schema import METRICS
 from ..settings import Settings
 from .context import PairContext
-from .devices import run_with_oom_fallback
+from .devices import is_oom, run_with_oom_fallback
 
 __all__ = ["RowJob", "RowResult", "Prepared", "EngineResult", "RowFailure", "RowScorer",
            "padded_map"]
@@ -55,6 +56,11 @@ class RowJob:
     mask : str, PathLike, Volume or None
     map_path : str or None
         Where to write the SSIM map (``--save-maps``); None writes none.
+    max_volume_bytes : int or None
+        Refuse, from its header, a volume whose float32 array would be larger.
+    solo : bool
+        Run this row with nothing else in flight (no read-ahead around it): a row that was
+        in flight when an earlier run was killed.
     """
 
     index: int
@@ -63,6 +69,8 @@ class RowJob:
     test: Source
     mask: Source | None = None
     map_path: str | None = None
+    max_volume_bytes: int | None = None
+    solo: bool = False
 
     def files(self) -> dict[str, str]:
         """``role -> path`` for messages."""
@@ -127,7 +135,14 @@ class RowFailure(Exception):
 
 def _message(job: RowJob, role: str | None, exc: BaseException) -> str:
     files = job.files()
-    msg = str(exc) if isinstance(exc, VolqaError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, VolqaError):
+        msg = str(exc)
+    elif is_oom(exc):
+        detail = str(exc).strip() or "MemoryError"
+        msg = (f"out of memory ({detail}); free memory, use fewer --workers, or lower "
+               "--max-volume-memory so that volumes this large are refused before reading")
+    else:
+        msg = f"{type(exc).__name__}: {exc}"
     head = f"subject {job.subject_id!r}"
     if role is not None and files.get(role) and files[role] not in msg:
         head += f", {role} {files[role]!r}"
@@ -136,13 +151,13 @@ def _message(job: RowJob, role: str | None, exc: BaseException) -> str:
     return f"{head}: {msg}"
 
 
-def _read(source: Source, role: str) -> Volume:
+def _read(source: Source, role: str, max_bytes: int | None) -> Volume:
     from ..io.readers import read_volume
 
     if isinstance(source, Volume):
         return source
     if isinstance(source, str | os.PathLike):
-        return read_volume(source)
+        return read_volume(source, max_bytes=max_bytes)
     raise SettingsError(f"{role} must be a path or a volqa.io.Volume; got {type(source).__name__}.")
 
 
@@ -185,20 +200,22 @@ class RowScorer:
         notes: list[str] = []
         role: str | None = "reference"
         try:
-            ref_v = _read(job.reference, "reference")
+            ref_v = _read(job.reference, "reference", job.max_volume_bytes)
             fields["shape"] = "x".join(str(n) for n in ref_v.shape)
             fields["spacing"] = "x".join(f"{s:g}" for s in ref_v.spacing)
             role = "test"
-            test_v = _read(job.test, "test")
+            test_v = _read(job.test, "test", job.max_volume_bytes)
             mask_v = None
             if job.mask is not None:
                 role = "mask"
-                mask_v = _read(job.mask, "mask")
+                mask_v = _read(job.mask, "mask", job.max_volume_bytes)
             role = None
-            test_v, mask_v, alignment = align_to_reference(ref_v, test_v, mask_v,
-                                                           resample=settings.resample)
+            test_v, mask_v, alignment = align_to_reference(
+                ref_v, test_v, mask_v, resample=settings.resample,
+                min_coverage=settings.min_coverage)
             fields["reoriented"] = alignment.reoriented or None
             fields["resampled"] = alignment.resampled
+            fields["coverage"] = alignment.coverage
             for r, v in (("reference", ref_v), ("test", test_v), ("mask", mask_v)):
                 if v is not None:
                     notes.extend(f"{r}: {n}" for n in v.notes)
@@ -253,6 +270,23 @@ class RowScorer:
         fields["notes"] = "; ".join(notes) or None
         fields["volqa_version"] = __version__
         return RowResult(p.job.index, fields)
+
+    def memory_estimate(self, job: RowJob) -> int:
+        """Bytes the prepared row holds, from the headers: 2 x its volumes' float32 arrays
+        (the volumes and their normalised copies); 0 for what cannot be estimated (the row
+        will fail when read)."""
+        from ..io.readers import volume_shape
+
+        total = 0
+        for source in (job.reference, job.test, job.mask):
+            if isinstance(source, Volume):
+                total += source.array.nbytes
+            elif isinstance(source, str | os.PathLike):
+                try:
+                    total += 4 * math.prod(volume_shape(source))
+                except Exception:  # noqa: BLE001 - an estimate never fails the batch
+                    pass
+        return 2 * total
 
     def engine_metrics(self, p: Prepared, settings: Settings, device: str,
                        max_memory: int | None, keep_map: bool) -> EngineResult:

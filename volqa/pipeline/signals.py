@@ -18,7 +18,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.current = ""  # what is being computed, for the message
+        self.current = ""  # what is being finished, for the message
 
     def handler(self, signum: int, frame: Any) -> None:  # noqa: ARG002
         if self.signum is not None:
@@ -26,8 +26,9 @@ class StopRequest:
         self.signum = signum
         name = signal.Signals(signum).name
         sys.stderr.write(
-            f"\nvolqa: {name} received; finishing {self.current or 'the current row'} and "
-            "writing the results (send it again to stop at once)\n"
+            f"\nvolqa: {name} received; finishing "
+            f"{self.current or 'the current row and writing the results'} (send it again to "
+            "stop at once)\n"
         )
         sys.stderr.flush()
 

@@ -8,7 +8,7 @@ import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["number_format", "summarize"]
+__all__ = ["number_format", "summarize", "failures"]
 
 
 def number_format(values: Iterable[float], digits: int = 4) -> Callable[[float], str]:
@@ -98,6 +98,9 @@ def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], *, tota
         lines.append(f"{'metric':<13}{group_by or '':<{width}}{'mean':>10} ± {'sd':<10}"
                      f"{'median':>11}{'min':>11}{'max':>11}{'n':>5}")
         lines += table
-    for r in failed:
-        lines.append(f"failed: {r.get('error')}")
     return "\n".join(lines)
+
+
+def failures(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``failed: <error>`` for every row that is not ``ok`` (printed on stderr)."""
+    return [f"failed: {r.get('error')}" for r in rows if r.get("status") != "ok"]
