@@ -142,9 +142,8 @@ def hfen(
 
 
 def _checked(reference, test, mask, sigma, win_size, border, axis, reduction):
-    to_np = (lambda a: a.detach().cpu().numpy() if isinstance(a, torch.Tensor)
-             else np.asarray(a))
-    ref, tst = to_np(reference), to_np(test)
+    ref, tst = (a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+                for a in (reference, test))
     if ref.shape != tst.shape or ref.ndim not in (2, 3):
         raise InputError(f"HFEN needs two 2-D images or 3-D volumes of the same shape, got "
                          f"{ref.shape} and {tst.shape}")

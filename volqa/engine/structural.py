@@ -144,7 +144,8 @@ def ssim(
     x, y : (H, W), (D, H, W), (N, C, H, W) or (N, C, D, H, W) array or tensor
         Same shape and device; float64 and integers are computed in float64 (integer data is
         exact), float32/float16/bfloat16 in float32 (in float64 when values or data_range
-        exceed 1e18, whose squares float32 cannot hold). The layout is read from ``ndim``: 2 and 4 are 2-D, 3 and 5 are 3-D.
+        exceed 1e18, whose squares float32 cannot hold). The layout is read from ``ndim``:
+        2 and 4 are 2-D, 3 and 5 are 3-D.
         SSIM is symmetric in x and y.
     data_range : float
         Required. L in C1 = (K1 L)², C2 = (K2 L)²: the intensity range of the data (1 for images
