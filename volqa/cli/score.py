@@ -31,6 +31,7 @@ from .options import (
     ManifestArg,
     MaxMemoryOpt,
     MetricsOpt,
+    MsSsimScalesOpt,
     Normalize,
     NormalizeOpt,
     OutOpt,
@@ -38,6 +39,7 @@ from .options import (
     PercentilesOpt,
     PresetOpt,
     ProgressOpt,
+    ProtocolOpt,
     ResampleOpt,
     ResumeOpt,
     SaveMapsOpt,
@@ -87,6 +89,8 @@ def score(
     fail_fast: FailFastOpt = False,
     strict: StrictOpt = False,
     progress: ProgressOpt = True,
+    protocol: ProtocolOpt = None,
+    ms_ssim_scales: MsSsimScalesOpt = None,
 ) -> None:
     """Score every reference/test pair of MANIFEST; write OUT/results.csv and .parquet."""
     from ..errors import ManifestError, SettingsError
@@ -124,6 +128,9 @@ def score(
                          [m for m in METRICS.names() if m in frame.columns],
                          total=meta["rows_total"]))
     typer.echo(f"wrote {out / 'results.csv'} and {out / 'results.parquet'}")
+    if "regions" in frame.attrs:
+        typer.echo(f"wrote {out / 'regions.csv'} and {out / 'regions.parquet'} "
+                   f"({len(frame.attrs['regions'])} region rows)")
     if meta["rows_done"] < meta["rows_total"]:
         _err(f"stopped after the first failed row (--fail-fast): {meta['rows_done']} of "
              f"{meta['rows_total']} rows done; continue with:\n  " + shlex.join(resume_argv))

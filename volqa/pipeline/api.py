@@ -41,6 +41,7 @@ def score_pair(
     test: Any,
     mask: Any = None,
     *,
+    labels: Any = None,
     settings: Settings | None = None,
     execution: Execution | None = None,
     scorer: RowScorer | None = None,
@@ -55,6 +56,10 @@ def score_pair(
         ``"folder#<SeriesInstanceUID>"``).
     mask : str, PathLike or Volume, optional
         Binary or label mask (inside = non-zero) in the reference's geometry.
+    labels : str, PathLike or Volume, optional
+        Integer label map in the reference's geometry: the result then has a ``regions``
+        key, one dict per non-zero label (``region``, ``n_voxels``, ``status``, ``note`` and
+        each metric over the region; see :mod:`volqa.pipeline.regions`).
     settings, execution : Settings, Execution, optional
         The run's settings (default: volqa's defaults).
     scorer : RowScorer, optional
@@ -62,8 +67,9 @@ def score_pair(
     **options
         Settings and Execution options, e.g. ``metrics="ssim,psnr"``, ``normalize="none"``,
         ``data_range=4024``, ``preset="skimage"``, ``win_size=7``, ``ssim_2d=0``,
-        ``resample=True``, ``device="cpu"``, ``max_memory="512M"``. Default metrics: ``ssim,
-        psnr, nrmse, mae, mse`` plus ``ssim_masked`` when there is a mask.
+        ``resample=True``, ``device="cpu"``, ``max_memory="512M"``,
+        ``protocol="fastmri"``. Default metrics: ``ssim, psnr, nrmse, mae, mse`` plus
+        ``ssim_masked`` when there is a mask (a protocol: its own set).
 
     Returns
     -------
@@ -84,16 +90,21 @@ def score_pair(
     ex = Execution.from_options(execution, **e_opts)
     ex.resolved_device()
     scorer = scorer or RowScorer()
-    job = RowJob(0, "(pair)", reference, test, mask)
+    job = RowJob(0, "(pair)", reference, test, mask, labels=labels)
     try:
-        fields = scorer.finish(scorer.prepare(job, s), s, ex).fields
+        result = scorer.finish(scorer.prepare(job, s), s, ex)
     except RowFailure as failure:
         raise failure.cause from None
+    fields = result.fields
     row = s.columns()
     row.update(fields)
-    keys = [c.name for c in output_columns([], s.metrics or ())
+    keys = [c.name for c in output_columns([], s.metrics or (),
+                                           protocol=s.protocol is not None)
             if c.name not in ("status", "error", "ssim_map")]
-    return {k: row.get(k) for k in keys if k in row}
+    out = {k: row.get(k) for k in keys if k in row}
+    if labels is not None:
+        out["regions"] = result.regions
+    return out
 
 
 def score_manifest(
@@ -146,7 +157,9 @@ def score_manifest(
     -------
     pandas.DataFrame
         The finished rows; ``status`` is ``"ok"`` or ``"error"``. ``attrs["volqa"]`` holds
-        the run's metadata (settings, counts, what resume reused).
+        the run's metadata (settings, counts, what resume reused). With a ``labels`` column,
+        ``attrs["regions"]`` holds the region table (also written as ``regions.csv`` and
+        ``regions.parquet``).
 
     Raises
     ------

@@ -21,8 +21,8 @@ from ..execution import Execution
 from ..io.journal import JOURNAL_NAME, Journal
 from ..io.manifest import Manifest, ManifestRow
 from ..io.outdir import MAPS_DIR
-from ..io.tables import build_table, write_tables
-from ..schema import output_columns
+from ..io.tables import REGIONS_CSV_NAME, REGIONS_PARQUET_NAME, build_table, write_tables
+from ..schema import output_columns, region_columns
 from ..settings import Settings
 from .executors import Executor, ThreadExecutor
 from .progress import Progress, row_labels
@@ -82,6 +82,7 @@ class Batch:
     def run(self) -> pd.DataFrame:
         """Score the rows the plan left to do; write the tables; return all finished rows."""
         results = {i: f for i, f in self.plan.reused.items()}
+        regions = dict(self.plan.reused_regions)
         labels = row_labels(self.manifest)
         rows = {row.index: row for row in self.plan.todo}
         jobs = [self._job(row) for row in self.plan.todo]
@@ -102,6 +103,7 @@ class Batch:
                 for result in stream:
                     fields = self._record(rows[result.index], result, journal)
                     results[result.index] = fields
+                    regions[result.index] = result.regions
                     bar.done(result.ok)
                     if stop.signum is not None:
                         interrupted = stop.signum
@@ -115,7 +117,7 @@ class Batch:
             bar.close()
             if journal is not None:
                 journal.close()
-        frame = self._write(results)
+        frame = self._write(results, regions)
         if interrupted is not None:
             raise BatchInterrupted(interrupted, frame, len(results), len(self.manifest))
         return frame
@@ -124,7 +126,8 @@ class Batch:
         map_path = None
         if self.settings.save_maps and self.out_dir is not None:
             map_path = str(self.out_dir / MAPS_DIR / map_name(row))
-        return RowJob(row.index, row.subject_id, row.reference, row.test, row.mask, map_path)
+        return RowJob(row.index, row.subject_id, row.reference, row.test, row.mask, map_path,
+                      row.labels)
 
     def _record(self, row: ManifestRow, result: RowResult, journal: Journal | None
                 ) -> dict[str, Any]:
@@ -137,13 +140,16 @@ class Batch:
                 "subject_id": row.subject_id, "test": row.test,
                 "inputs": self.plan.inputs[row.index],
                 "settings_hash": self.settings.hash(), "fields": fields,
+                **({"regions": result.regions} if self.manifest.has_labels else {}),
             })  # fmt: skip
         return fields
 
-    def _write(self, results: dict[int, dict[str, Any]]) -> pd.DataFrame:
+    def _write(self, results: dict[int, dict[str, Any]],
+               regions: dict[int, list[dict[str, Any]]]) -> pd.DataFrame:
         settings = self.settings
         columns = output_columns(self.manifest.columns, settings.metrics or (),
-                                 save_maps=settings.save_maps)
+                                 save_maps=settings.save_maps,
+                                 protocol=settings.protocol is not None)
         setting_values = settings.columns()
         done = []
         for i in sorted(results):
@@ -159,4 +165,17 @@ class Batch:
             write_tables(table, self.out_dir)
         frame = table.to_pandas()
         frame.attrs["volqa"] = meta
+        if self.manifest.has_labels:
+            frame.attrs["regions"] = self._write_regions(regions, meta)
         return frame
+
+    def _write_regions(self, regions: dict[int, list[dict[str, Any]]],
+                       meta: dict[str, Any]) -> pd.DataFrame:
+        """The long table: one row per (manifest row, label), manifest columns first."""
+        columns = region_columns(self.manifest.columns, self.settings.metrics or ())
+        rows = [{**self.manifest.rows[i].values, **r}
+                for i in sorted(regions) for r in regions[i]]
+        table = build_table(rows, columns, meta)
+        if self.out_dir is not None:
+            write_tables(table, self.out_dir, names=(REGIONS_CSV_NAME, REGIONS_PARQUET_NAME))
+        return table.to_pandas()

@@ -45,8 +45,12 @@ def fingerprint(path: str | None) -> Any:
 
 
 def row_inputs(row: ManifestRow) -> dict[str, Any]:
-    """Fingerprints of the row's reference, test and mask."""
-    return {role: fingerprint(getattr(row, role)) for role in ("reference", "test", "mask")}
+    """Fingerprints of the row's reference, test and mask (and label map, when it has one:
+    rows without keep the keys of earlier volqa versions)."""
+    inputs = {role: fingerprint(getattr(row, role)) for role in ("reference", "test", "mask")}
+    if row.labels is not None:
+        inputs["labels"] = fingerprint(row.labels)
+    return inputs
 
 
 def row_key(row: ManifestRow, inputs: Mapping[str, Any], settings_hash: str) -> str:
@@ -63,6 +67,7 @@ class ResumePlan:
     inputs: dict[int, dict[str, Any]]
     reused: dict[int, dict[str, Any]] = field(default_factory=dict)
     todo: list[ManifestRow] = field(default_factory=list)
+    reused_regions: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     reasons: Counter[str] = field(default_factory=Counter)
 
     def describe(self) -> str:
@@ -82,6 +87,7 @@ def plan_resume(rows: Sequence[ManifestRow], journal: Mapping[str, Mapping[str, 
         rec = journal.get(plan.keys[row.index])
         if rec is not None and rec.get("fields", {}).get("status") == "ok":
             plan.reused[row.index] = dict(rec["fields"])
+            plan.reused_regions[row.index] = list(rec.get("regions") or [])
             continue
         plan.todo.append(row)
         if not journal:
