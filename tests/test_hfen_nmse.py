@@ -138,6 +138,7 @@ def fastmri_nmse(gt, pred):
 def test_nmse_equals_fastmri():
     x, y = pair((9, 20, 21), seed=5, noise=0.1)
     assert volqa.nmse(x, y) == pytest.approx(fastmri_nmse(x, y), rel=1e-12)
+    assert volqa.nmse(x[4], y[4]) == pytest.approx(fastmri_nmse(x[4], y[4]), rel=1e-12)  # 2-D
     m = box_mask(x.shape)
     assert volqa.nmse(x, y, mask=m) == pytest.approx(fastmri_nmse(x[m], y[m]), rel=1e-12)
     x32, y32 = x.astype(np.float32), y.astype(np.float32)

@@ -194,3 +194,21 @@ def test_loss_trains_a_tiny_network():
         loss.backward()
         opt.step()
     assert float(loss.detach()) < first
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
+def test_cuda_equals_pytorch_msssim_and_cpu():
+    x, y = pair((36, 40, 34), seed=12)
+    X, Y = (torch.from_numpy(a)[None, None] for a in (x, y))
+    ref = pm.ms_ssim(X, Y, data_range=1.0, win=pm_window(3, 3), size_average=False)
+    got = volqa.ms_ssim(X.float().cuda(), Y.float().cuda(), data_range=1.0, win_size=3,
+                        max_memory=100_000)
+    assert got.device.type == "cuda"
+    assert float(got) == pytest.approx(float(ref), abs=1e-6)
+    m = np.ones(x.shape, bool)
+    m[:5] = False
+    cpu = volqa.ms_ssim(x, y, data_range=1.0, win_size=3, mask=m)
+    gpu = volqa.ms_ssim(X.cuda()[0, 0], Y.cuda()[0, 0], data_range=1.0, win_size=3,
+                        mask=torch.from_numpy(m).cuda())
+    assert float(gpu) == pytest.approx(float(cpu), abs=1e-12)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from pipeline_data import write_manifest, write_nii
 from scipy import ndimage
 from scipy.signal import fftconvolve
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -16,7 +18,6 @@ from skimage.util import crop
 from typer.testing import CliRunner
 
 import volqa
-from pipeline_data import AFFINE, write_manifest, write_nii
 from volqa.cli import app
 from volqa.protocols import PROTOCOLS
 
@@ -233,8 +234,6 @@ def test_cli_records_protocol_and_resumes_with_it(tmp_path):
     result = cli.invoke(app, ["score", str(manifest), "--out", str(out), "--no-progress",
                               "--protocol", "synthrad2023"])
     assert result.exit_code == 0, result.output
-    import pandas as pd
-
     table = pd.read_csv(out / "results.csv")
     assert list(table["protocol"]) == ["synthrad2023"]
     assert "3200007" in table["protocol_source"][0]
@@ -266,4 +265,3 @@ def test_every_protocol_cites_a_commit():
     for spec in PROTOCOLS.values():
         repo, _, rest = spec.source.partition("@")
         assert "/" in repo and len(rest.split()[0]) >= 7, spec.source
-    assert AFFINE.shape == (4, 4)

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from pipeline_data import AFFINE, SHAPE, degrade, phantom, write_manifest, write_nii
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from typer.testing import CliRunner
 
 import volqa
-from pipeline_data import AFFINE, SHAPE, degrade, phantom, write_manifest, write_nii
 from volqa.cli import app
 from volqa.errors import ManifestError
 

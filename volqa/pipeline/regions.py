@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import InputError
 from ..schema import METRICS, Metric
 from .context import PairContext
+from .masks import whole_numbers
 
 __all__ = ["label_values", "region_metrics", "RegionScores", "score_regions", "region_rows"]
 
@@ -36,15 +37,8 @@ def label_values(array: np.ndarray, *, source: str = "labels") -> np.ndarray:
     InputError
         NaN/Inf or fractional values (a resampled or probability map is not a label map).
     """
-    a = np.asarray(array)
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all():
-            raise InputError(f"labels {source!r}: contains NaN or Inf values.")
-        frac = a != np.round(a)
-        if frac.any():
-            raise InputError(f"labels {source!r}: {int(frac.sum())} voxel(s) have fractional "
-                             f"values (e.g. {float(a[frac].flat[0]):g}); a label map holds whole "
-                             "numbers (resample label maps with nearest neighbour).")
+    a = whole_numbers(array, f"labels {source!r}", "a label map holds whole numbers "
+                      "(resample label maps with nearest neighbour).")
     return np.unique(a[a != 0]).astype(np.float64)
 
 
