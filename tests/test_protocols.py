@@ -153,6 +153,7 @@ def test_synthrad2025(tmp_path):
     assert row["psnr_masked"] == pytest.approx(psnr, abs=1e-6)
     want = synthrad2025_ms_ssim(gt.astype(np.float64), pred.astype(np.float64), body)
     assert row["ms_ssim_masked"] == pytest.approx(want, abs=2e-6)
+    assert "edge-padded from (40, 30, 100) to (97, 97, 100)" in row["notes"]  # recorded
 
 
 # -------------------------------------------------------------------------------- BraSyn

@@ -163,3 +163,8 @@ def test_ms_ssim_too_small_is_a_note_not_a_failed_row(tmp_path):
     frame = volqa.score_manifest(manifest, metrics="ssim,ms_ssim")
     assert frame["status"][0] == "ok" and pd.isna(frame["ms_ssim"][0])
     assert "needs at least 161 voxels" in frame["notes"][0]
+
+
+def test_ms_ssim_with_a_slice_convention_is_a_usage_error(tmp_path):
+    with pytest.raises(volqa.SettingsError, match="no slice form"):
+        volqa.Settings.from_options(protocol="fastmri", metrics="ssim,ms_ssim")

@@ -193,6 +193,10 @@ class Settings:
             )
         if self.ssim_2d is not None and "ssim_2d" not in chosen:
             chosen.append("ssim_2d")
+        if self.ssim.slices and any(m.startswith("ms_ssim") for m in chosen):
+            raise SettingsError(f"the {self.ssim.preset} SSIM convention averages 2-D slices; "
+                                "ms_ssim has no slice form: drop it from the metrics or use "
+                                "another preset.")
         for name in chosen:
             needs = METRICS[name].requires
             if needs == "ssim_2d" and self.ssim_2d is None:

@@ -144,6 +144,11 @@ class ProtocolContext(PairContext):
             def compute() -> float:
                 x, y = ((self.reference, self.test) if region is None
                         else self._fill(region))
+                padded = tuple(max(n, SYNTHRAD2025_MIN_SIZE) for n in x.shape)
+                if padded != x.shape:
+                    self.note(f"synthrad2025: MS-SSIM on images edge-padded from {x.shape} to "
+                              f"{padded} (the challenge's minimum of {SYNTHRAD2025_MIN_SIZE} "
+                              "voxels per axis)")
                 return synthrad2025_ms_ssim(
                     x, y, region, data_range=self.data_range, settings=self.settings,
                     device=self.device, max_memory=self.max_memory)
