@@ -51,8 +51,8 @@ def files(tmp_path, **arrays):
 
 
 def check_record(row, name):
-    assert row["protocol"] == name and row["normalize"] == "protocol"
-    assert row["protocol_source"] == PROTOCOLS[name].source
+    assert row["eval_protocol"] == name and row["normalize"] == "protocol"
+    assert row["eval_protocol_source"] == PROTOCOLS[name].source
 
 
 # ------------------------------------------------------------------------------- fastMRI
@@ -230,14 +230,16 @@ def test_cli_records_protocol_and_resumes_with_it(tmp_path):
     gt, pred, body = ct_case((20, 22, 18), seed=6)
     f = files(tmp_path, gt=gt, pred=pred, mask=body.astype(np.uint8))
     manifest = write_manifest(tmp_path / "m.csv", [
-        {"subject_id": "s1", "reference": f["gt"], "test": f["pred"], "mask": f["mask"]}])
+        {"subject_id": "s1", "reference": f["gt"], "test": f["pred"], "mask": f["mask"],
+         "protocol": "CT abdomen"}])  # a covariate of that name stays the user's
     out = tmp_path / "out"
     result = cli.invoke(app, ["score", str(manifest), "--out", str(out), "--no-progress",
                               "--protocol", "synthrad2023"])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "results.csv")
-    assert list(table["protocol"]) == ["synthrad2023"]
-    assert "3200007" in table["protocol_source"][0]
+    assert list(table["eval_protocol"]) == ["synthrad2023"]
+    assert list(table["protocol"]) == ["CT abdomen"]
+    assert "3200007" in table["eval_protocol_source"][0]
     stored = json.loads((out / "settings.json").read_text())["settings"]
     assert stored["protocol"] == "synthrad2023" and "3200007" in stored["protocol_source"]
     again = cli.invoke(app, ["score", str(manifest), "--out", str(out), "--resume"])

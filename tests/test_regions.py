@@ -146,7 +146,7 @@ def test_new_metrics_in_a_batch_with_their_settings(tmp_path):
                               "--metrics", "ms_ssim,hfen,nmse", "--ms-ssim-scales", "1"])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "results.csv")
-    assert list(table["ms_ssim_scales"]) == [1, 1] and "protocol" not in table.columns
+    assert list(table["ms_ssim_scales"]) == [1, 1] and "eval_protocol" not in table.columns
     for i, r in table.iterrows():
         x, y = normalised(i)
         # one scale: MS-SSIM is SSIM (Wang et al. 2003, eq. 7 with M = 1)

@@ -226,9 +226,10 @@ SETTING_COLUMNS: tuple[Column, ...] = (
     Column("k2", "float64", "SSIM K2", lambda s: s.ssim.k2),
     Column("ms_ssim_scales", "int64", "scales of the ms_ssim metrics",
            lambda s: s.ms_ssim_scales),
-    Column("protocol", "string", "published evaluation followed (--protocol)",
+    # "eval_": a manifest may well have its own "protocol" covariate (an MR acquisition)
+    Column("eval_protocol", "string", "published evaluation followed (--protocol)",
            lambda s: s.protocol),
-    Column("protocol_source", "string", "repository@commit and file of that evaluation",
+    Column("eval_protocol_source", "string", "repository@commit and file of that evaluation",
            lambda s: s.protocol_source),
 )
 
@@ -292,10 +293,10 @@ def output_columns(manifest_columns: Sequence[str], metrics: Iterable[str], *,
                    save_maps: bool = False, protocol: bool = False) -> list[Column]:
     """The output schema: manifest columns (text), status/error, the selected metrics in
     registry order, the row facts and the setting columns. ``ms_ssim_scales`` appears with an
-    ms_ssim metric, ``protocol`` and ``protocol_source`` with a protocol."""
+    ms_ssim metric, ``eval_protocol`` and ``eval_protocol_source`` with a protocol."""
     chosen = METRICS.ordered(metrics)
     shown = {"ms_ssim_scales": any(m.startswith("ms_ssim") for m in chosen),
-             "protocol": protocol, "protocol_source": protocol}
+             "eval_protocol": protocol, "eval_protocol_source": protocol}
     cols = [Column(c, "string") for c in manifest_columns]
     cols += HEAD_COLUMNS
     cols += [METRICS[m].column for m in chosen]
