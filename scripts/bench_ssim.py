@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark 3-D SSIM: volqa against the tools people use, on the same pair, in one run.
+"""Benchmark 3-D SSIM and MS-SSIM: volqa against the tools people use, on the same pair, in one run.
 
 Gaussian window 11, sigma 1.5, data_range 1 (the setting in which volqa's default, skimage with
 ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False``, MONAI and pytorch-msssim
@@ -9,6 +9,7 @@ installed runs; on CPU each runs in its own subprocess so its peak extra RSS is 
     python scripts/bench_ssim.py                      # 128^3 and 256^3 on CPU
     python scripts/bench_ssim.py --size 512           # adds the 512^3 memory-budget check
     python scripts/bench_ssim.py --device cuda --loss # GPU, with loss forward+backward
+    python scripts/bench_ssim.py --ms-ssim --size 256 # 3-D MS-SSIM (5 scales) vs pytorch-msssim
 
 Columns: seconds (median of --repeat runs after one warm-up, stopping once 20 s are spent),
 peak extra memory over the inputs (CPU: VmHWM after resetting it; CUDA: max_memory_allocated),
@@ -28,8 +29,13 @@ import time
 import numpy as np
 import torch
 
+# measure the volqa of this checkout (also in the per-implementation subprocesses)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 IMPLS = ["volqa", "pytorch_msssim", "skimage", "monai", "torchmetrics"]
 LOSS_IMPLS = ["volqa", "pytorch_msssim", "monai"]
+MS_IMPLS = ["volqa", "pytorch_msssim", "monai"]  # 3-D MS-SSIM, Gaussian 11, Wang's 5 weights
+MS_MIN_SIZE = 161  # (11 - 1) * 2**4 + 1: five scales of an 11-voxel window
 
 
 def make_pair(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +83,30 @@ def ssim_fn(name: str, device: str, max_memory: int | None = None):
     raise ValueError(name)
 
 
+def ms_ssim_fn(name: str, max_memory: int | None = None):
+    """3-D MS-SSIM f(x, y) -> float (5 scales, Wang et al. 2003), or None if not installed.
+    At 2^k sizes every tool pools the same voxels, so the values agree."""
+    try:
+        if name == "volqa":
+            import volqa
+
+            return lambda x, y: float(volqa.ms_ssim(x, y, data_range=1.0,
+                                                    max_memory=max_memory))
+        if name == "pytorch_msssim":
+            import pytorch_msssim
+
+            return lambda x, y: float(pytorch_msssim.ms_ssim(
+                x[None, None], y[None, None], data_range=1.0, win_size=11))
+        if name == "monai":
+            from monai.metrics import MultiScaleSSIMMetric
+
+            metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=1.0, kernel_size=11)
+            return lambda x, y: float(metric(x[None, None], y[None, None]).mean())
+    except ImportError:
+        return None
+    return None
+
+
 def loss_fn(name: str):
     """A function f(x, y) that runs forward and backward of 1 - SSIM w.r.t. x."""
     try:
@@ -115,9 +145,12 @@ def _rss(field: str) -> int:
 
 
 def measure(name: str, n: int, device: str, repeat: int, loss: bool,
-            max_memory: int | None) -> dict:
+            max_memory: int | None, ms: bool = False) -> dict:
     """Time one implementation on the n^3 pair; returns seconds, peak extra bytes, value."""
-    fn = loss_fn(name) if loss else ssim_fn(name, device, max_memory)
+    if ms:
+        fn = ms_ssim_fn(name, max_memory)
+    else:
+        fn = loss_fn(name) if loss else ssim_fn(name, device, max_memory)
     if fn is None:
         return {"name": name, "skipped": "not installed / not on this device"}
     xs, ys = make_pair(n)
@@ -136,8 +169,8 @@ def measure(name: str, n: int, device: str, repeat: int, loss: bool,
             fn(x, y)  # the one-time compile is for the full-size slabs
         else:
             # a tiny warm-up: a larger one would leave freed buffers in the process that the
-            # timed run reuses, hiding its peak memory
-            w = min(n, 16)
+            # timed run reuses, hiding its peak memory (MS-SSIM: MONAI's minimum, 11 * 16)
+            w = min(n, 176 if ms else 16)
             fn(x[:w, :w, :w].contiguous(), y[:w, :w, :w].contiguous())
         try:
             with open("/proc/self/clear_refs", "w") as f:
@@ -163,10 +196,10 @@ def measure(name: str, n: int, device: str, repeat: int, loss: bool,
             "value": value}
 
 
-def run_isolated(name, n, device, repeat, loss, max_memory) -> dict:
+def run_isolated(name, n, device, repeat, loss, max_memory, ms=False) -> dict:
     """Run ``measure`` in a fresh interpreter so CPU peak memory is this implementation's."""
     cmd = [sys.executable, __file__, "--child", json.dumps(
-        [name, n, device, repeat, loss, max_memory])]
+        [name, n, device, repeat, loss, max_memory, ms])]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         return {"name": name, "skipped": f"failed: {out.stderr.strip().splitlines()[-1:]}"}
@@ -190,9 +223,8 @@ def report(title: str, rows: list[dict]) -> None:
 
 def check_512(device: str, budget: int | None) -> None:
     """512^3 under a byte budget, and chunked == unchunked on a 512x512x40 crop."""
-    from volqa.engine import default_max_memory
-
     import volqa
+    from volqa.engine import default_max_memory
 
     row = run_isolated("volqa", 512, device, 1, False, budget) if device == "cpu" else \
         measure("volqa", 512, device, 1, False, budget)
@@ -215,6 +247,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--impls", nargs="*", default=IMPLS)
     p.add_argument("--loss", action="store_true", help="also time loss forward+backward")
+    p.add_argument("--ms-ssim", action="store_true",
+                   help=f"also time 3-D MS-SSIM (sizes >= {MS_MIN_SIZE}) against "
+                   "pytorch-msssim and MONAI")
     p.add_argument("--budget", type=int, default=None,
                    help="max_memory for the 512^3 check (default: the engine's default)")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -232,6 +267,13 @@ def main() -> None:
             rows = [run(name, n, a.device, a.repeat, True, None)
                     for name in LOSS_IMPLS if name in a.impls]
             report(f"loss forward+backward, {n}^3", rows)
+        if a.ms_ssim and n >= MS_MIN_SIZE:
+            rows = [run(name, n, a.device, a.repeat, False, None, True)
+                    for name in MS_IMPLS if name in a.impls or name == "volqa"]
+            report(f"MS-SSIM (5 scales, Gaussian 11) of one {n}^3 float32 pair", rows)
+        elif a.ms_ssim:
+            print(f"\nMS-SSIM skipped at {n}^3: five scales of an 11-voxel window need "
+                  f"{MS_MIN_SIZE} voxels per axis")
     if 512 in a.size:
         check_512(a.device, a.budget)
 

@@ -219,11 +219,11 @@ def test_progress_names_rows_and_escapes_control_characters(tmp_path) -> None:
 LAYERS = {  # a layer may import only from the layers listed (and itself)
     "engine": {"errors"},
     "io": {"errors", "schema"},
-    "pipeline": {"errors", "schema", "settings", "execution", "engine", "io"},
-    "analysis": {"errors", "schema", "settings", "execution", "io", "pipeline"},
+    "pipeline": {"errors", "schema", "settings", "execution", "engine", "io", "protocols"},
+    "analysis": {"errors", "schema", "settings", "execution", "io", "pipeline", "protocols"},
     "demo": {"errors", "engine", "io"},
     "cli": {"errors", "schema", "settings", "execution", "engine", "io", "pipeline",
-            "analysis", "demo"},
+            "analysis", "demo", "protocols"},
 }
 
 

@@ -1,6 +1,7 @@
 """volqa: reference-based quality metrics for reconstructed medical volumes.
 
-The SSIM engine (:func:`ssim`, :func:`ssim_slices`, :class:`SSIMLoss`) is pure tensor code in
+The SSIM engine (:func:`ssim`, :func:`ssim_slices`, :func:`ms_ssim`, :class:`SSIMLoss`,
+:class:`MSSSIMLoss`, :func:`hfen`, :func:`nmse`) is pure tensor code in
 :mod:`volqa.engine`; the file pipeline (:func:`score_pair`, :func:`score_manifest`) is in
 :mod:`volqa.pipeline`, the readers (:func:`read_volume`) in :mod:`volqa.io`. Every name is
 imported on first use, so ``import volqa`` is cheap and the engine works where nibabel or
@@ -26,6 +27,10 @@ _LAZY = {
     "SSIMLoss": "volqa.engine",
     "ssim": "volqa.engine",
     "ssim_slices": "volqa.engine",
+    "ms_ssim": "volqa.engine",
+    "MSSSIMLoss": "volqa.engine",
+    "hfen": "volqa.engine",
+    "nmse": "volqa.engine",
     "Settings": "volqa.settings",
     "Execution": "volqa.execution",
     "score_pair": "volqa.pipeline",
@@ -46,7 +51,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import PRESETS, SSIMLoss, SSIMSettings, ssim, ssim_slices
+    from .engine import (
+        PRESETS,
+        MSSSIMLoss,
+        SSIMLoss,
+        SSIMSettings,
+        hfen,
+        ms_ssim,
+        nmse,
+        ssim,
+        ssim_slices,
+    )
     from .execution import Execution
     from .io import Volume, read_volume
     from .pipeline import BatchInterrupted, score_manifest, score_pair

@@ -29,6 +29,8 @@ __all__ = [
     "SETTING_COLUMNS",
     "output_columns",
     "reserved_columns",
+    "REGION_COLUMNS",
+    "region_columns",
 ]
 
 DTYPES = ("string", "float64", "int64", "bool")
@@ -75,6 +77,14 @@ class MetricContext(Protocol):
     def ssim(self, region: Any = None) -> float: ...
 
     def ssim_2d(self) -> float: ...
+
+    def ms_ssim(self, region: Any = None) -> float: ...
+
+    def hfen(self, region: Any = None) -> float: ...
+
+    def slice_errors(self) -> list[Any]: ...
+
+    def outside_mask(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,19 @@ class MetricRegistry:
         wanted = set(names)
         return tuple(n for n in self._metrics if n in wanted)
 
+    def masked_forms(self, names: Iterable[str]) -> tuple[Metric, ...]:
+        """The masked forms of ``names`` (``x`` -> ``x_masked``, ``x_masked`` itself), once
+        each, in column order: what the region table reports (its column is the name without
+        ``_masked``). Metrics without a masked form are left out."""
+        twins = {n if n.endswith("_masked") else f"{n}_masked" for n in names}
+        return tuple(self[n] for n in self.ordered(twins) if self[n].needs_mask)
+
+
+def _slice_mean(c: MetricContext, get: Callable[[Any], float]) -> float:
+    """Mean over the 2-D slices (along ``Settings.ssim_2d``) of a per-slice error metric."""
+    values = [get(e) for e in c.slice_errors() if e is not None]
+    return float(sum(values) / len(values))
+
 
 def _errors(masked: bool) -> Callable[[MetricContext], Any]:
     return lambda c: c.errors(c.mask if masked else None)
@@ -227,6 +250,13 @@ SETTING_COLUMNS: tuple[Column, ...] = (
     Column("min_coverage", "float64", "--min-coverage: least fraction of the reference grid "
            "a resampled test must cover (with --resample)",
            lambda s: s.min_coverage if s.resample else None),
+    Column("ms_ssim_scales", "int64", "scales of the ms_ssim metrics",
+           lambda s: s.ms_ssim_scales),
+    # "eval_": a manifest may well have its own "protocol" covariate (an MR acquisition)
+    Column("eval_protocol", "string", "published evaluation followed (--protocol)",
+           lambda s: s.protocol),
+    Column("eval_protocol_source", "string", "repository@commit and file of that evaluation",
+           lambda s: s.protocol_source),
 )
 
 #: Per-row facts, split around the setting columns: (before, after).
@@ -273,25 +303,73 @@ METRICS = MetricRegistry([
                 higher=False, default=True),
     *_voxelwise("mse", "mean squared error after normalisation", lambda e, c: e.mse,
                 higher=False, default=True),
+    *_voxelwise("nmse", "||test - ref||^2 / ||ref||^2 (fastMRI)", lambda e, c: e.nmse(),
+                higher=False, default=False, undefined_ok=True),
+    Metric("ms_ssim", lambda c: c.ms_ssim(), "MS-SSIM (Wang et al. 2003 weights, "
+           "--ms-ssim-scales, average pooling)", engine=True, undefined_ok=True),
+    Metric("ms_ssim_masked", lambda c: c.ms_ssim(c.mask), "MS-SSIM, each scale's mean over "
+           "the (pooled) mask", needs_mask=True, engine=True, undefined_ok=True),
+    Metric("hfen", lambda c: c.hfen(), "||LoG(test) - LoG(ref)|| / ||LoG(ref)||, LoG sigma "
+           "1.5, 15 taps, symmetric border (Ravishankar & Bresler 2011)", higher_is_better=False,
+           undefined_ok=True),
+    Metric("hfen_masked", lambda c: c.hfen(c.mask), "HFEN with the norms over the mask",
+           needs_mask=True, higher_is_better=False, undefined_ok=True),
+    Metric("ssim_outside", lambda c: c.ssim(c.outside_mask()), "mean of the SSIM map over "
+           "the voxels outside the mask (BraSyn's healthy region)", needs_mask=True,
+           engine=True),
+    Metric("psnr_2d", lambda c: _slice_mean(c, lambda e: e.psnr(c.data_range)), "mean PSNR "
+           "of the 2-D slices along --ssim-2d AXIS", unit="dB", requires="ssim_2d"),
+    Metric("nmse_2d", lambda c: _slice_mean(c, lambda e: e.nmse()), "mean NMSE of the 2-D "
+           "slices along --ssim-2d AXIS", higher_is_better=False, requires="ssim_2d",
+           undefined_ok=True),
 ])
 
+def _manifest_columns(manifest_columns: Sequence[str] | Mapping[str, str]) -> list[Column]:
+    """Manifest columns as text, or typed from a name -> dtype mapping (typed covariates)."""
+    if isinstance(manifest_columns, Mapping):
+        return [Column(c, dtype) for c, dtype in manifest_columns.items()]
+    return [Column(c, "string") for c in manifest_columns]
+
+
 def output_columns(manifest_columns: Sequence[str] | Mapping[str, str], metrics: Iterable[str],
-                   *, save_maps: bool = False) -> list[Column]:
+                   *, save_maps: bool = False, protocol: bool = False) -> list[Column]:
     """The output schema: manifest columns (text, or name -> dtype for typed covariates),
     status/error, the selected metrics in registry order, the row facts and the setting
-    columns."""
-    if isinstance(manifest_columns, Mapping):
-        cols = [Column(c, dtype) for c, dtype in manifest_columns.items()]
-    else:
-        cols = [Column(c, "string") for c in manifest_columns]
+    columns. ``ms_ssim_scales`` appears with an ms_ssim metric, ``eval_protocol`` and
+    ``eval_protocol_source`` with a protocol."""
+    chosen = METRICS.ordered(metrics)
+    shown = {"ms_ssim_scales": any(m.startswith("ms_ssim") for m in chosen),
+             "eval_protocol": protocol, "eval_protocol_source": protocol}
+    cols = _manifest_columns(manifest_columns)
     cols += HEAD_COLUMNS
-    cols += [METRICS[m].column for m in METRICS.ordered(metrics)]
-    cols += ROW_COLUMNS_BEFORE + SETTING_COLUMNS
+    cols += [METRICS[m].column for m in chosen]
+    cols += ROW_COLUMNS_BEFORE
+    cols += [c for c in SETTING_COLUMNS if shown.get(c.name, True)]
     cols += [c for c in ROW_COLUMNS_AFTER if save_maps or c.name != "ssim_map"]
     return cols
 
 
-def reserved_columns() -> frozenset[str]:
-    """Names a manifest column may not have (they would collide with volqa's output)."""
-    fixed = (*HEAD_COLUMNS, *ROW_COLUMNS, *SETTING_COLUMNS)
+#: The region table's own columns (after the manifest's; the metrics follow).
+REGION_COLUMNS: tuple[Column, ...] = (
+    Column("region", "int64", "label value of the region"),
+    Column("n_voxels", "int64", "voxels of the region"),
+    Column("status", "string", "ok, or undefined when a metric could not be computed there"),
+    Column("note", "string", "why a metric is undefined in the region, other findings"),
+)
+
+
+def region_columns(manifest_columns: Sequence[str] | Mapping[str, str],
+                   metrics: Iterable[str]) -> list[Column]:
+    """The region table's schema: manifest columns (as in :func:`output_columns`),
+    :data:`REGION_COLUMNS`, then each selected metric's masked form under the metric's plain
+    name (see :meth:`MetricRegistry.masked_forms`)."""
+    cols = _manifest_columns(manifest_columns) + list(REGION_COLUMNS)
+    return cols + [Column(m.name.removesuffix("_masked"), m.dtype, m.doc)
+                   for m in METRICS.masked_forms(metrics)]
+
+
+def reserved_columns(labels: bool = False) -> frozenset[str]:
+    """Names a manifest column may not have (they would collide with volqa's output); with a
+    ``labels`` column also the region table's own columns."""
+    fixed = (*HEAD_COLUMNS, *ROW_COLUMNS, *SETTING_COLUMNS, *(REGION_COLUMNS if labels else ()))
     return frozenset([c.name for c in fixed] + list(METRICS.names()))

@@ -20,6 +20,7 @@ from typing import Any
 
 from .engine.conventions import DEFAULT_SSIM, SSIMSettings, check_constants, resolve_settings
 from .errors import SettingsError
+from .protocols import PROTOCOL_NAMES, PROTOCOLS
 from .schema import METRICS, SETTING_COLUMNS
 
 __all__ = ["NORMALIZE_MODES", "DEFAULT_NORMALIZE", "DEFAULT_PERCENTILES", "DEFAULT_MIN_COVERAGE",
@@ -81,6 +82,13 @@ class Settings:
         of the reference grid (default 0.95; see :mod:`volqa.pipeline.geometry`).
     save_maps : bool
         Write each SSIM map as NIfTI beside the results.
+    protocol : str or None
+        A published evaluation (:data:`volqa.protocols.PROTOCOLS`): it fixes the
+        normalisation (``normalize="protocol"``), data range, SSIM convention and default
+        metric set; :meth:`from_options` applies it.
+    ms_ssim_scales : int
+        Scales of the ``ms_ssim`` metrics (1-5, Wang et al.'s first weights, renormalised
+        below 5; :func:`volqa.engine.multiscale.ms_ssim_weights`).
 
     Raises
     ------
@@ -98,10 +106,13 @@ class Settings:
     resample: bool = False
     min_coverage: float = DEFAULT_MIN_COVERAGE
     save_maps: bool = False
+    protocol: str | None = None
+    ms_ssim_scales: int = 5
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        if self.normalize not in NORMALIZE_MODES:
+        self._check_protocol()
+        if self.normalize not in NORMALIZE_MODES and self.protocol is None:
             raise SettingsError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}; "
                                 f"got {self.normalize!r}.")
         if self.data_range is not None:
@@ -159,8 +170,31 @@ class Settings:
                                 f"{self.min_coverage!r}.")
         set_("min_coverage", float(self.min_coverage))
         set_("save_maps", bool(self.save_maps))
+        if (isinstance(self.ms_ssim_scales, bool) or not isinstance(self.ms_ssim_scales, int)
+                or not 1 <= self.ms_ssim_scales <= 5):
+            raise SettingsError(f"ms_ssim_scales must be an integer from 1 to 5; got "
+                                f"{self.ms_ssim_scales!r}.")
         if self.metrics is not None:
             set_("metrics", self._checked_metrics(self.metrics))
+
+    def _check_protocol(self) -> None:
+        if self.protocol is None:
+            if self.normalize == "protocol":
+                raise SettingsError("normalize='protocol' is set by a protocol; give "
+                                    f"protocol= one of {', '.join(PROTOCOL_NAMES)}.")
+            return
+        if self.protocol not in PROTOCOLS:
+            raise SettingsError(f"unknown protocol {self.protocol!r}; choose one of "
+                                f"{', '.join(PROTOCOL_NAMES)}.")
+        if self.normalize != "protocol" or self.data_range is not None:
+            raise SettingsError(f"protocol {self.protocol!r} sets the normalisation and data "
+                                "range itself; build the settings with "
+                                "Settings.from_options(protocol=...).")
+
+    @property
+    def protocol_source(self) -> str | None:
+        """The evaluation code the protocol follows (``owner/repo@commit path``)."""
+        return PROTOCOLS[self.protocol].source if self.protocol is not None else None
 
     def _checked_metrics(self, metrics: Sequence[str] | str) -> tuple[str, ...]:
         if isinstance(metrics, str):
@@ -174,6 +208,10 @@ class Settings:
             )
         if self.ssim_2d is not None and "ssim_2d" not in chosen:
             chosen.append("ssim_2d")
+        if self.ssim.slices and any(m.startswith("ms_ssim") for m in chosen):
+            raise SettingsError(f"the {self.ssim.preset} SSIM convention averages 2-D slices; "
+                                "ms_ssim has no slice form: drop it from the metrics or use "
+                                "another preset.")
         for name in chosen:
             needs = METRICS[name].requires
             if needs is not None and getattr(self, needs[0]) is None:
@@ -204,12 +242,26 @@ class Settings:
         resample: bool | None = None,
         min_coverage: float | None = None,
         save_maps: bool | None = None,
+        protocol: str | None = None,
+        ms_ssim_scales: int | None = None,
     ) -> Settings:
         """``base`` (default: all defaults) with every option that is not None replacing its
         value. ``window`` is the SSIM window (gaussian/uniform); ``intensity_window`` the
         LEVEL, WIDTH of ``normalize="window"``. A ``preset`` restarts the SSIM settings from
-        that preset; other SSIM options then override it."""
+        that preset; other SSIM options then override it. A ``protocol`` (or a ``base`` that
+        has one) fixes normalisation, data range and the SSIM convention: giving one of those
+        options too is an error; ``metrics`` may still choose from any metric."""
         base = base if base is not None else cls()
+        if protocol is not None or base.protocol is not None:
+            fixed = dict(normalize=normalize, data_range=data_range, percentiles=percentiles,
+                         intensity_window=intensity_window, preset=preset, window=window,
+                         win_size=win_size, sigma=sigma, k1=k1, k2=k2, covariance=covariance,
+                         border=border, ssim_2d=ssim_2d)
+            base = _with_protocol(base, protocol or base.protocol,
+                                  [k for k, v in fixed.items() if v is not None])
+            return replace(base, **{k: v for k, v in dict(
+                metrics=metrics, resample=resample, save_maps=save_maps,
+                ms_ssim_scales=ms_ssim_scales).items() if v is not None})
         ssim_opts = dict(window=window, win_size=win_size, sigma=sigma, k1=k1, k2=k2,
                          covariance=covariance, border=border)
         ssim = base.ssim
@@ -223,6 +275,7 @@ class Settings:
             metrics=metrics, normalize=normalize, data_range=data_range,
             percentiles=percentiles, intensity_window=intensity_window, ssim_2d=ssim_2d,
             resample=resample, min_coverage=min_coverage, save_maps=save_maps,
+            ms_ssim_scales=ms_ssim_scales,
         )
         if ssim_2d is not None and metrics is None and base.metrics is not None:
             new["metrics"] = (*base.metrics, "ssim_2d")
@@ -237,9 +290,11 @@ class Settings:
             return replace(self, metrics=METRICS.ordered(chosen))
         masked = [m for m in self.metrics if METRICS[m].needs_mask]
         if masked and not has_mask:
+            why = (f" (protocol {self.protocol} scores inside the mask)"
+                   if self.protocol is not None else "")
             raise SettingsError(
-                f"metric(s) {', '.join(masked)} need a mask, but there is none (add a 'mask' "
-                "column to the manifest / pass mask=)."
+                f"metric(s) {', '.join(masked)} need a mask{why}, but there is none (add a "
+                "'mask' column to the manifest / pass mask=)."
             )
         return self
 
@@ -247,8 +302,15 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form (``settings.json``, Parquet metadata); parameters of other normalisation
-        modes are None, so they do not change the hash."""
-        return {
+        modes are None, so they do not change the hash. The protocol (with its source) and
+        the MS-SSIM scales appear only when set / not the default, so the hashes of runs
+        without them are those of earlier volqa versions."""
+        extra: dict[str, Any] = {}
+        if self.protocol is not None:
+            extra.update(protocol=self.protocol, protocol_source=self.protocol_source)
+        if self.ms_ssim_scales != 5:
+            extra["ms_ssim_scales"] = self.ms_ssim_scales
+        return extra | {
             "metrics": None if self.metrics is None else list(self.metrics),
             "normalize": self.normalize,
             "data_range": self.data_range,
@@ -277,6 +339,8 @@ class Settings:
                 min_coverage=(DEFAULT_MIN_COVERAGE if data.get("min_coverage") is None
                               else data["min_coverage"]),
                 save_maps=data["save_maps"],
+                protocol=data.get("protocol"),
+                ms_ssim_scales=data.get("ms_ssim_scales", 5),
             )
         except (KeyError, TypeError) as exc:
             raise SettingsError(f"not a volqa settings record (missing or invalid {exc})"
@@ -300,3 +364,24 @@ class Settings:
     def columns(self) -> dict[str, Any]:
         """The setting columns of every output row (:data:`volqa.schema.SETTING_COLUMNS`)."""
         return {c.name: c.value(self) for c in SETTING_COLUMNS if c.value is not None}
+
+
+def _with_protocol(base: Settings, name: str, given: list[str]) -> Settings:
+    """``base`` with everything a protocol fixes set as that protocol says."""
+    if name not in PROTOCOLS:
+        raise SettingsError(f"unknown protocol {name!r}; choose one of "
+                            f"{', '.join(PROTOCOL_NAMES)}.")
+    if given:
+        raise SettingsError(
+            f"protocol {name!r} fixes the normalisation, data range and SSIM convention of "
+            f"{PROTOCOLS[name].source}; drop {', '.join(given)} (or drop the protocol). "
+            "Only metrics, ms_ssim_scales, resample and save_maps may be given with it."
+        )
+    if name == base.protocol:  # resuming: the stored settings already follow it
+        return base
+    opts = dict(PROTOCOLS[name].options)
+    metrics = opts.pop("metrics", None)
+    return replace(base, protocol=name, normalize="protocol", data_range=None,
+                   intensity_window=None, percentiles=DEFAULT_PERCENTILES,
+                   ssim=resolve_settings(opts.pop("preset")), ssim_2d=opts.pop("ssim_2d", None),
+                   metrics=metrics, ms_ssim_scales=opts.pop("ms_ssim_scales", 5))

@@ -14,6 +14,7 @@ import typer
 
 from ..engine.conventions import BORDERS, COVARIANCES, PRESETS, WINDOWS
 from ..execution import DEVICES
+from ..protocols import PROTOCOL_NAMES
 from ..schema import METRICS
 from ..settings import NORMALIZE_MODES
 
@@ -28,6 +29,7 @@ SsimWindow = _enum("SsimWindow", WINDOWS)
 Covariance = _enum("Covariance", COVARIANCES)
 Border = _enum("Border", BORDERS)
 Preset = _enum("Preset", PRESETS)
+Protocol = _enum("Protocol", PROTOCOL_NAMES)
 
 
 Test = _enum("Test", ("wilcoxon", "t"))
@@ -204,3 +206,13 @@ FiguresOpt = Annotated[Path | None, typer.Option(
     file_okay=False, show_default=False)]
 WorstOpt = Annotated[int, typer.Option(
     "--worst", min=0, help="Worst subjects per method shown as slices (0: none).")]
+# -- published evaluations and the metrics of issue 12 -----------------------------------------
+
+ProtocolOpt = Annotated[Protocol | None, typer.Option(  # type: ignore[valid-type]
+    help="Reproduce a published evaluation (normalisation, clipping, masking, data range, 2-D "
+    "or 3-D, metric set) as its code does; recorded in every row. Excludes the "
+    "normalisation and SSIM options.", show_default=False)]
+MsSsimScalesOpt = Annotated[int | None, typer.Option(
+    "--ms-ssim-scales", min=1, max=5, help="Scales of the ms_ssim metrics (default 5: "
+    "Wang et al. 2003; fewer for small volumes: 5 scales of an 11-voxel window need 161 "
+    "voxels per axis).", show_default=False)]

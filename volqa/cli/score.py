@@ -35,6 +35,7 @@ from .options import (
     MaxVolumeMemoryOpt,
     MetricsOpt,
     MinCoverageOpt,
+    MsSsimScalesOpt,
     Normalize,
     NormalizeOpt,
     OutOpt,
@@ -42,6 +43,7 @@ from .options import (
     PercentilesOpt,
     PresetOpt,
     ProgressOpt,
+    ProtocolOpt,
     ResampleOpt,
     ResumeOpt,
     SaveMapsOpt,
@@ -99,6 +101,8 @@ def score(
     strict: StrictOpt = False,
     group_by: GroupByOpt = None,
     progress: ProgressOpt = True,
+    protocol: ProtocolOpt = None,
+    ms_ssim_scales: MsSsimScalesOpt = None,
 ) -> None:
     """Score every reference/test pair of MANIFEST; write OUT/results.csv and .parquet."""
     from ..errors import ManifestError, OutputError, SettingsError
@@ -147,6 +151,9 @@ def score(
     _report(frame.to_dict("records"), [m for m in METRICS.names() if m in frame.columns],
             meta["rows_total"], group_by)
     typer.echo(_printable(f"wrote {out / 'results.csv'} and {out / 'results.parquet'}"))
+    if "regions" in frame.attrs:
+        typer.echo(_printable(f"wrote {out / 'regions.csv'} and {out / 'regions.parquet'} "
+                              f"({len(frame.attrs['regions'])} region rows)"))
     if meta["rows_done"] < meta["rows_total"]:
         _err(f"stopped after the first failed row (--fail-fast): {meta['rows_done']} of "
              f"{meta['rows_total']} rows done; continue with:\n  " + shlex.join(resume_argv))

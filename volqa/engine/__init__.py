@@ -1,7 +1,8 @@
 """The numeric core: pure tensor functions, no files, no batch, no settings beyond SSIM's own.
 
-:func:`ssim`, :func:`ssim_slices` and :class:`SSIMLoss` (torch), the frozen
-:class:`SSIMSettings` and its presets, and the voxel-wise error metrics (numpy, float64 sums).
+:func:`ssim`, :func:`ssim_slices`, :func:`ms_ssim`, :class:`SSIMLoss` and :class:`MSSSIMLoss`
+(torch), the frozen :class:`SSIMSettings` and its presets, :func:`hfen` (float64), and the
+voxel-wise error metrics (numpy, float64 sums).
 Names are imported on first use, so the conventions can be read without importing torch.
 """
 
@@ -17,6 +18,7 @@ _LAZY = {
     "resolve_settings": "conventions",
     "window_taps": "conventions",
     "SSIMLoss": "losses",
+    "MSSSIMLoss": "losses",
     "ssim": "structural",
     "ssim_slices": "structural",
     "default_max_memory": "tiling",
@@ -28,15 +30,32 @@ _LAZY = {
     "psnr": "voxelwise",
     "nrmse": "voxelwise",
     "masked_mean": "voxelwise",
+    "nmse": "voxelwise",
+    "slice_stats": "voxelwise",
+    "MS_SSIM_WEIGHTS": "multiscale",
+    "ms_ssim": "multiscale",
+    "hfen": "highfreq",
 }
 __all__ = list(_LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .conventions import PRESET_NOTES, PRESETS, SSIMSettings, resolve_settings, window_taps
-    from .losses import SSIMLoss
+    from .highfreq import hfen
+    from .losses import MSSSIMLoss, SSIMLoss
+    from .multiscale import MS_SSIM_WEIGHTS, ms_ssim
     from .structural import ssim, ssim_slices
     from .tiling import default_max_memory, map_region
-    from .voxelwise import ErrorStats, error_stats, mae, masked_mean, mse, nrmse, psnr
+    from .voxelwise import (
+        ErrorStats,
+        error_stats,
+        mae,
+        masked_mean,
+        mse,
+        nmse,
+        nrmse,
+        psnr,
+        slice_stats,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -47,9 +47,24 @@ def check_data_range(data_range: object) -> float:
     return value
 
 
-def check_pair(x: ArrayLike, y: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same shape, device and a real dtype; NaN/Inf refused. float64 stays float64, every
-    other dtype (float16, bfloat16, integers) is computed in float32."""
+#: Largest magnitude (of a voxel or of L) computed in float32: SSIM's products of means,
+#: variances and C1, C2 reach about 4·M², which must stay below float32's 3.4e38.
+FLOAT32_MAX_MAGNITUDE = 1e18
+#: Largest magnitude computed at all (float64 overflows near 1.8e308).
+FLOAT64_MAX_MAGNITUDE = 1e150
+
+
+def check_pair(x: ArrayLike, y: ArrayLike,
+               data_range: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same shape, device and a real dtype; NaN/Inf refused; the dtype of the computation.
+
+    float64 and integer inputs are computed in float64 (integer data is exact, and float32
+    would round it: 1.9e-6 from skimage's float64 value on uint8 images); float32, float16 and
+    bfloat16 in float32. float32 inputs whose values, or ``data_range``, exceed
+    :data:`FLOAT32_MAX_MAGNITUDE` in magnitude are computed in float64 too, since their squares
+    would overflow float32 (SSIM would be NaN); beyond :data:`FLOAT64_MAX_MAGNITUDE` they are
+    refused.
+    """
     x, y = as_tensor(x, "x"), as_tensor(y, "y")
     if x.shape != y.shape:
         raise InputError(f"x and y must have the same shape, got {tuple(x.shape)} and "
@@ -62,17 +77,30 @@ def check_pair(x: ArrayLike, y: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
     dtype = torch.promote_types(x.dtype, y.dtype)
     if dtype == torch.bool or dtype.is_complex:
         raise InputError(f"unsupported dtype {dtype}: SSIM needs real-valued images")
-    if dtype != torch.float64:
+    if not dtype.is_floating_point:
+        dtype = torch.float64
+    elif dtype != torch.float64:
         dtype = torch.float32
-    x, y = x.to(dtype), y.to(dtype)
+    largest = 0.0 if data_range is None else abs(float(data_range))
     for name, t in (("x", x), ("y", y)):
-        # a sum is NaN/Inf if any voxel is (or on overflow): count only then, no big temporary
-        if math.isfinite(float(t.detach().sum())):
+        if t.numel() == 0:
+            raise InputError(f"{name} is empty (shape {tuple(t.shape)})")
+        if not t.is_floating_point():  # integers: finite, and float64 squares any of them
             continue
-        bad = t.numel() - int(torch.isfinite(t).sum())
-        if bad:
+        lo, hi = (float(v) for v in torch.aminmax(t.detach()))  # NaN and Inf propagate
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = t.numel() - int(torch.isfinite(t.detach()).sum())
             raise InputError(f"{name} holds {bad} NaN or Inf values; SSIM is undefined there")
-    return x, y
+        largest = max(largest, abs(lo), abs(hi))
+    if largest > FLOAT64_MAX_MAGNITUDE:
+        raise InputError(
+            f"values or data_range of magnitude {largest:.3g} exceed {FLOAT64_MAX_MAGNITUDE:g}: "
+            "SSIM's squared terms would overflow even float64; rescale the images and "
+            "data_range by the same factor (SSIM does not change)"
+        )
+    if dtype == torch.float32 and largest > FLOAT32_MAX_MAGNITUDE:
+        dtype = torch.float64
+    return x.to(dtype), y.to(dtype)
 
 
 def check_reduction(reduction: str, allowed: tuple[str, ...] = REDUCTIONS) -> str:

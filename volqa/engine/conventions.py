@@ -125,8 +125,11 @@ class SSIMSettings:
             ):
                 raise SettingsError(f"k1 and k2 must be finite numbers > 0, got k1={self.k1}, "
                                     f"k2={self.k2}")
-        if self.covariance == "sample" and any(w == 1 for w in sizes):
-            raise SettingsError("sample covariance needs a window of more than one voxel")
+        if self.covariance == "sample" and math.prod(sizes) == 1:
+            # the rule is about the voxels in the window: (1, 7) holds 7, N/(N-1) = 7/6
+            raise SettingsError(f"sample covariance divides by N - 1 for the N voxels of the "
+                                f"window; win_size={self.win_size!r} holds one voxel. Use a "
+                                "larger window or covariance='population'")
         object.__setattr__(self, "win_size", _unwrap(tuple(int(w) for w in sizes)))
         object.__setattr__(self, "sigma", _unwrap(tuple(float(v) for v in sigmas)))
         object.__setattr__(self, "k1", float(self.k1))
@@ -169,15 +172,22 @@ PRESET_NOTES: dict[str, str] = {
     "uniform 7, sample covariance, mean of the map cropped by 3 voxels",
     "monai": "monai.metrics.SSIMMetric defaults (MONAI 1.x): Gaussian 11, sigma 1.5, valid",
     "torchmetrics": "torchmetrics StructuralSimilarityIndexMeasure defaults (>= 1.4.2): "
-    "Gaussian 11, sigma 1.5, reflect padding, mean over the whole input-sized map",
+    "Gaussian 11, sigma 1.5, reflect padding, mean over the whole input-sized map. With "
+    "another sigma the window has int(3.5 sigma + 0.5) * 2 + 1 taps, as torchmetrics derives "
+    "it (its kernel_size is ignored for Gaussian windows): equal to torchmetrics for 2-D "
+    "images at every sigma, for 3-D volumes only where that length is 11 (1.43 <= sigma < "
+    "1.57), because torchmetrics pads the last axis of a volume by (kernel_size - 1) / 2 = 5 "
+    "whatever the window",
     "pytorch_msssim": "pytorch_msssim.ssim(win_size=11) (pytorch-msssim 1.0): "
     "Gaussian 11, sigma 1.5, valid",
     "pytorch_ssim": "pytorch-ssim / ssim3D (Po-Hsun-Su, 2017-2019): Gaussian 11, sigma 1.5, "
     "zero padding, mean over the input-sized map",
     "fastmri": "fastmri/evaluate.py ssim(): mean over slices (first spatial axis) of 2-D "
     "skimage SSIM with defaults; fastMRI passes data_range = gt.max()",
-    "synthrad2023": "SynthRAD2023 image_metrics: 3-D skimage defaults; masked mean over the "
-    "mask cropped like the map (its HU clipping, shift and data range 4024 are normalisation)",
+    "synthrad2023": "the SSIM convention of SynthRAD2023 image_metrics (3-D skimage defaults: "
+    "uniform 7, sample covariance, valid; masked mean over the mask cropped like the map). "
+    "The whole evaluation (HU clipping to [-1024, 3000], -1024 outside the mask, the +1024 "
+    "shift, L = 4024) is the protocol: --protocol synthrad2023",
 }
 DEFAULT_SSIM = SSIMSettings()
 
@@ -250,7 +260,19 @@ def resolve_settings(
     given = dict(window=window, win_size=win_size, sigma=sigma, k1=k1, k2=k2,
                  covariance=covariance, border=border)
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
+    if (preset == "torchmetrics" and sigma is not None and win_size is None
+            and given.get("window", base.window) == "gaussian"):
+        given["win_size"] = _unwrap(tuple(torchmetrics_taps(v)
+                                          for v in as_tuple(given["sigma"], "sigma")))
     return replace(base, **given)
+
+
+def torchmetrics_taps(sigma: float) -> int:
+    """Gaussian window length torchmetrics derives from sigma: int(3.5 sigma + 0.5) * 2 + 1
+    (torchmetrics.functional.image.ssim, 1.x; 11 for sigma = 1.5)."""
+    if not (isinstance(sigma, _NUMBER) and sigma > 0 and math.isfinite(sigma)):
+        raise SettingsError(f"sigma must be > 0, got {sigma!r}")
+    return int(3.5 * float(sigma) + 0.5) * 2 + 1
 
 
 def window_taps(window: str, win_size: int, sigma: float) -> list[float]:

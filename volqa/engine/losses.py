@@ -1,4 +1,4 @@
-"""SSIM as a differentiable training loss."""
+"""SSIM and MS-SSIM as differentiable training losses."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import nn
 from ..errors import SettingsError
 from .checks import check_data_range
 from .conventions import resolve_settings
+from .multiscale import _check_weights, ms_ssim
 from .structural import ssim
 
 
@@ -70,8 +71,7 @@ class SSIMLoss(nn.Module):
             layout = "(N, C, H, W)" if self.spatial_dims == 2 else "(N, C, D, H, W)"
             raise SettingsError(f"SSIMLoss(spatial_dims={self.spatial_dims}) expects {layout} "
                                 f"batches, got shape {tuple(input.shape)}")
-        value = ssim(input, target, data_range=self.data_range, settings=self.settings,
-                     max_memory=self.max_memory)
+        value = self._similarity(input, target)
         dtype = torch.float64 if torch.float64 in (input.dtype, target.dtype) else torch.float32
         loss = (1.0 - value).to(dtype)
         if self.reduction == "mean":
@@ -80,8 +80,46 @@ class SSIMLoss(nn.Module):
             return loss.sum()
         return loss
 
+    def _similarity(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ssim(input, target, data_range=self.data_range, settings=self.settings,
+                    max_memory=self.max_memory)
+
     def extra_repr(self) -> str:
         s = self.settings
         return (f"spatial_dims={self.spatial_dims}, data_range={self.data_range}, "
                 f"preset={s.preset}, window={s.window}, win_size={s.win_size}, sigma={s.sigma}, "
                 f"covariance={s.covariance}, border={s.border}, reduction={self.reduction}")
+
+
+class MSSSIMLoss(SSIMLoss):
+    """``1 - MS-SSIM`` for (N, C, H, W) or (N, C, D, H, W) batches (:func:`volqa.ms_ssim`).
+
+    Parameters
+    ----------
+    spatial_dims, data_range, preset, window, win_size, sigma, k1, k2, covariance, border,
+    reduction, max_memory
+        As in :class:`SSIMLoss`.
+    weights : sequence of float, optional
+        Exponents per scale (default Wang et al. 2003's five).
+    scales : int, optional
+        The first ``scales`` of Wang's weights, renormalised (for small inputs).
+
+    Notes
+    -----
+    Inputs must hold every scale's window (:func:`volqa.engine.multiscale.ms_ssim_min_size`:
+    161 voxels per axis for 11 taps and 5 scales); smaller ones are an error that names the
+    minimum, never a silent change.
+    """
+
+    def __init__(self, spatial_dims: Literal[2, 3] = 3, *, data_range: float | None = None,
+                 weights: Sequence[float] | None = None, scales: int | None = None,
+                 **options) -> None:
+        super().__init__(spatial_dims, data_range=data_range, **options)
+        self.weights = _check_weights(weights, scales)
+
+    def _similarity(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ms_ssim(input, target, data_range=self.data_range, weights=self.weights,
+                       settings=self.settings, max_memory=self.max_memory)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", weights={self.weights}"

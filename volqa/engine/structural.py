@@ -47,12 +47,17 @@ def _ssim_slab(
     c1: float,
     c2: float,
     cov_norm: float,
+    cs_only: bool = False,
 ) -> torch.Tensor:
-    """SSIM map of one slab (valid region of the slab's input, which includes its halo).
+    """SSIM map of one slab (valid region of the slab's input, which includes its halo), or with
+    ``cs_only`` its contrast-structure map (2σxy + C2) / (σx² + σy² + C2) (MS-SSIM's lower
+    scales).
 
     Local variances are computed from data centred on per-image constants (exact in exact
     arithmetic, far less cancellation in float32), then clamped at zero: a negative local
-    variance can only come from rounding.
+    variance can only come from rounding. The map is the product of the luminance and the
+    contrast-structure ratios, each a ratio of terms of order L², so nothing of order L⁴ is
+    formed (no overflow for any L that float32 can square).
     """
     cx, cy = centre
     stats = separable_filter(_moments(x - cx, y - cy), taps, x.ndim - len(taps) + 1)
@@ -60,9 +65,11 @@ def _ssim_slab(
     vx = (exx - mx * mx).clamp_min_(0)
     vy = (eyy - my * my).clamp_min_(0)
     vxy = exy - mx * my
+    cs = (2 * cov_norm * vxy + c2) / (cov_norm * (vx + vy) + c2)
+    if cs_only:
+        return cs
     mx, my = mx + cx, my + cy
-    num = (2 * mx * my + c1) * (2 * cov_norm * vxy + c2)
-    return num / ((mx * mx + my * my + c1) * (cov_norm * (vx + vy) + c2))
+    return (2 * mx * my + c1) / (mx * mx + my * my + c1) * cs
 
 
 def _moments(xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
@@ -136,8 +143,10 @@ def ssim(
     Parameters
     ----------
     x, y : (H, W), (D, H, W), (N, C, H, W) or (N, C, D, H, W) array or tensor
-        Same shape, device and (after promotion) float dtype; float16/bfloat16 and integers are
-        computed in float32. The layout is read from ``ndim``: 2 and 4 are 2-D, 3 and 5 are 3-D.
+        Same shape and device; float64 and integers are computed in float64 (integer data is
+        exact), float32/float16/bfloat16 in float32 (in float64 when values or data_range
+        exceed 1e18, whose squares float32 cannot hold). The layout is read from ``ndim``:
+        2 and 4 are 2-D, 3 and 5 are 3-D.
         SSIM is symmetric in x and y.
     data_range : float
         Required. L in C1 = (K1 L)², C2 = (K2 L)²: the intensity range of the data (1 for images
@@ -214,7 +223,7 @@ def ssim(
                 covariance=covariance, border=border)
     L = check_data_range(data_range)
     check_reduction(reduction)
-    x, y = check_pair(x, y)
+    x, y = check_pair(x, y, L)
     if s.slices and x.ndim in (3, 5):
         return _slices(x, y, 0, s, L, mask, reduction, return_map, max_memory)
     return _ssim(x, y, s, L, mask, reduction, return_map, max_memory)
@@ -252,7 +261,7 @@ def ssim_slices(
                 covariance=covariance, border=border)
     L = check_data_range(data_range)
     check_reduction(reduction)
-    x, y = check_pair(x, y)
+    x, y = check_pair(x, y, L)
     if x.ndim not in (3, 5):
         raise InputError(f"ssim_slices needs (D, H, W) or (N, C, D, H, W) volumes, got shape "
                          f"{tuple(x.shape)}")
@@ -310,7 +319,10 @@ def _check_sizes(spatial: tuple[int, ...], sizes: tuple[int, ...], border: str) 
                              f"{w}-voxel window (shape {spatial})")
 
 
-def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memory):
+def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memory,
+          cs: bool = False):
+    """The tiling loop: mean (or masked mean) of the SSIM map, or with ``cs`` of the
+    contrast-structure map, per (N, C) item; the map too with ``return_map``."""
     batched = x.ndim in (4, 5)
     nd = x.ndim - 2 if batched else x.ndim
     if not batched:
@@ -364,7 +376,7 @@ def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memo
             h1 = min(h0 + step1, map_shape[1])
             xs, ys = (t.narrow(2, o0, o1 - o0 + sizes[0] - 1).narrow(3, h0, h1 - h0 + sizes[1] - 1)
                       for t in (x, y))
-            args = (xs, ys, centre, taps, c1, c2, cov_norm)
+            args = (xs, ys, centre, taps, c1, c2, cov_norm, cs)
             if grad and (step0, step1) != map_shape[:2]:
                 smap = checkpoint(_ssim_slab, *args, use_reentrant=False)
             else:

@@ -1,4 +1,4 @@
-"""Voxel-wise error metrics (MSE, MAE, PSNR, NRMSE) and the mean of a map inside a mask.
+"""Voxel-wise error metrics (MSE, MAE, PSNR, NRMSE, NMSE) and the mean of a map inside a mask.
 
 Conventions
 -----------
@@ -15,8 +15,14 @@ Conventions
   makes NRMSE independent of a common affine intensity map, so it does not depend on the
   ``--normalize`` mode (except for the clipping modes). A constant reference has no range:
   :func:`nrmse` raises :class:`~volqa.errors.InputError`.
+- ``nmse = sum((test - reference)**2) / sum(reference**2)``: fastMRI's
+  ``nmse = ||gt - pred||² / ||gt||²`` (``fastmri/evaluate.py``). A reference that is zero
+  everywhere has no energy: :func:`nmse` raises :class:`~volqa.errors.InputError`.
 - With ``mask``, every metric uses the voxels where the mask is True only (NRMSE then
   divides by the reference's range inside the mask).
+- Per 2-D slice (``axis=``): the metric of each slice along that axis, then the mean over
+  slices (CMRxRecon averages per-image values this way); :func:`slice_stats` gives the sums of
+  every slice.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ __all__ = [
     "mae",
     "psnr",
     "nrmse",
+    "nmse",
+    "slice_stats",
     "masked_mean",
 ]
 
@@ -55,6 +63,8 @@ class ErrorStats:
         Mean absolute and mean squared error.
     ref_min, ref_max : float
         Range of the reference over the same voxels.
+    ref_ss : float
+        Sum of squares of the reference over the same voxels (NMSE's denominator).
     """
 
     n: int
@@ -62,6 +72,7 @@ class ErrorStats:
     mse: float
     ref_min: float
     ref_max: float
+    ref_ss: float
 
     def psnr(self, data_range: float) -> float:
         """PSNR in dB for the data range ``L``; ``inf`` when ``mse == 0``."""
@@ -80,6 +91,13 @@ class ErrorStats:
                 "scored voxels, so its range (max - min) is 0."
             )
         return math.sqrt(self.mse) / span
+
+    def nmse(self) -> float:
+        """Sum of squared errors divided by the reference's sum of squares (fastMRI)."""
+        if not self.ref_ss > 0:
+            raise InputError("NMSE is undefined: the reference is zero over the scored voxels, "
+                             "so its energy (sum of squares) is 0.")
+        return self.mse * self.n / self.ref_ss
 
 
 def _check_pair(reference: np.ndarray, test: np.ndarray, mask: np.ndarray | None) -> None:
@@ -116,6 +134,7 @@ def error_stats(
     n = 0
     s_abs = 0.0
     s_sq = 0.0
+    r_sq = 0.0
     rmin, rmax = math.inf, -math.inf
     for start in range(0, ref.shape[0], rows):
         sl = slice(start, start + rows)
@@ -130,11 +149,12 @@ def error_stats(
         n += d.size
         s_abs += float(np.abs(d).sum())
         s_sq += float(np.dot(d.ravel(), d.ravel()))
+        r_sq += float(np.dot(r.ravel(), r.ravel()))
         rmin = min(rmin, float(r.min()))
         rmax = max(rmax, float(r.max()))
     if n == 0:
         raise InputError("the mask selects no voxel (it is empty); nothing to score.")
-    return ErrorStats(n, s_abs / n, s_sq / n, rmin, rmax)
+    return ErrorStats(n, s_abs / n, s_sq / n, rmin, rmax, r_sq)
 
 
 def mse(reference: np.ndarray, test: np.ndarray, *, mask: np.ndarray | None = None) -> float:
@@ -175,6 +195,58 @@ def nrmse(reference: np.ndarray, test: np.ndarray, *, mask: np.ndarray | None = 
         The reference is constant over the scored voxels.
     """
     return error_stats(reference, test, mask=mask).nrmse()
+
+
+def nmse(reference: np.ndarray, test: np.ndarray, *, mask: np.ndarray | None = None,
+         axis: int | None = None) -> float:
+    """Normalised MSE, ``||test - reference||² / ||reference||²`` (fastMRI), float64 sums.
+
+    Parameters
+    ----------
+    reference, test : ndarray, same shape
+    mask : ndarray of bool, optional
+        Sums over the mask voxels only.
+    axis : int, optional
+        Per 2-D slice along this axis of a 3-D volume: the mean over slices of each slice's
+        NMSE (slices without mask voxels are left out).
+
+    Raises
+    ------
+    InputError
+        The reference is zero over the scored voxels (of a slice, with ``axis``).
+    """
+    if axis is None:
+        return error_stats(reference, test, mask=mask).nmse()
+    return float(np.mean([e.nmse() for e in slice_stats(reference, test, axis, mask=mask)
+                          if e is not None]))
+
+
+def slice_stats(reference: np.ndarray, test: np.ndarray, axis: int, *,
+                mask: np.ndarray | None = None) -> list[ErrorStats | None]:
+    """:class:`ErrorStats` of every 2-D slice of a 3-D pair along ``axis`` (None for a slice
+    without mask voxels).
+
+    Raises
+    ------
+    InputError
+        Shapes differ, the volumes are not 3-D, or the mask selects no voxel at all.
+    """
+    ref, tst = np.asarray(reference), np.asarray(test)
+    msk = None if mask is None else np.asarray(mask, dtype=bool)
+    _check_pair(ref, tst, msk)
+    if ref.ndim != 3 or isinstance(axis, bool) or axis not in (0, 1, 2):
+        raise InputError(f"per-slice metrics need a 3-D volume and a slice axis 0, 1 or 2; got "
+                         f"shape {ref.shape} and axis {axis!r}.")
+    out: list[ErrorStats | None] = []
+    for k in range(ref.shape[axis]):
+        sl = np.take(msk, k, axis=axis) if msk is not None else None
+        if sl is not None and not sl.any():
+            out.append(None)
+            continue
+        out.append(error_stats(np.take(ref, k, axis=axis), np.take(tst, k, axis=axis), mask=sl))
+    if all(e is None for e in out):
+        raise InputError("the mask selects no voxel (it is empty); nothing to score.")
+    return out
 
 
 def masked_mean(values: np.ndarray, mask: np.ndarray) -> float:

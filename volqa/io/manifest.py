@@ -13,6 +13,9 @@ accepted) with the columns
     The reconstruction scored against ``reference``.
 ``mask`` (optional column; a cell may be empty)
     A binary or label mask in the reference's geometry.
+``labels`` (optional column; a cell may be empty)
+    An integer label map in the reference's geometry: every metric is also reported per
+    non-zero label, in the region table (``regions.csv``).
 
 Every other column (site, method, acceleration, ...) is a covariate, carried into every output
 row with one type per column: integer, float, boolean or text, inferred from its cells or
@@ -55,8 +58,8 @@ __all__ = [
 ]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("subject_id", "reference", "test")
-OPTIONAL_COLUMNS: tuple[str, ...] = ("mask",)
-PATH_COLUMNS: tuple[str, ...] = ("reference", "test", "mask")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("mask", "labels")
+PATH_COLUMNS: tuple[str, ...] = ("reference", "test", "mask", "labels")
 
 _MAX_LISTED = 50  # problems listed in one message before "... and N more"
 
@@ -79,6 +82,8 @@ class ManifestRow:
         Resolved mask path, or None when the row has no mask.
     values : Mapping[str, str]
         Every cell of the row exactly as written, keyed by column name in file order.
+    labels : str or None
+        Resolved label-map path, or None when the row has none.
     """
 
     index: int
@@ -88,6 +93,7 @@ class ManifestRow:
     test: str
     mask: str | None
     values: Mapping[str, str] = field(repr=False)
+    labels: str | None = None
 
     @property
     def row_number(self) -> int:
@@ -134,6 +140,11 @@ class Manifest:
     def has_mask(self) -> bool:
         """True when the manifest has a ``mask`` column (cells may still be empty)."""
         return "mask" in self.columns
+
+    @property
+    def has_labels(self) -> bool:
+        """True when the manifest has a ``labels`` column (region table written)."""
+        return "labels" in self.columns
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -254,7 +265,7 @@ def read_manifest(path: str | os.PathLike[str], *, strict: bool = False) -> Mani
     empty_names = [i + 1 for i, c in enumerate(header) if not c]
     if empty_names:
         problems.append(f"header column(s) {empty_names} have no name.")
-    reserved = [c for c in header if c in reserved_columns()]
+    reserved = [c for c in header if c in reserved_columns(labels="labels" in header)]
     if reserved:
         problems.append(
             f"column(s) {', '.join(map(repr, reserved))} clash with volqa's output columns; "
@@ -289,8 +300,8 @@ def read_manifest(path: str | os.PathLike[str], *, strict: bool = False) -> Mani
             continue
         ref = _resolve(values["reference"], base)
         test = _resolve(values["test"], base)
-        mask_cell = values.get("mask", "")
-        mask = _resolve(mask_cell, base) if mask_cell.strip() else None
+        mask, labels = (_resolve(values.get(c, ""), base) if values.get(c, "").strip() else None
+                        for c in OPTIONAL_COLUMNS)
         key = (subject, test)
         if key in seen:
             problems.append(
@@ -299,7 +310,7 @@ def read_manifest(path: str | os.PathLike[str], *, strict: bool = False) -> Mani
             )
         else:
             seen[key] = index
-        rows.append(ManifestRow(index, line, subject, ref, test, mask, values))
+        rows.append(ManifestRow(index, line, subject, ref, test, mask, values, labels))
 
     types = _covariate_types(header, rows, declared, problems)
     manifest = Manifest(mpath, header, tuple(rows), types)

@@ -18,7 +18,7 @@ from .atomic import atomic_write
 from .journal import JOURNAL_NAME
 from .lock import LOCK_NAME, OutDirLock
 from .paths import split_series
-from .tables import CSV_NAME, PARQUET_NAME
+from .tables import CSV_NAME, PARQUET_NAME, REGIONS_CSV_NAME, REGIONS_PARQUET_NAME
 
 __all__ = ["SETTINGS_NAME", "MAPS_DIR", "OutputExistsError", "prepare_out_dir",
            "refuse_overwriting_inputs", "write_json", "read_json"]
@@ -26,7 +26,8 @@ __all__ = ["SETTINGS_NAME", "MAPS_DIR", "OutputExistsError", "prepare_out_dir",
 SETTINGS_NAME = "settings.json"
 MAPS_DIR = "maps"
 #: volqa's own files in an output folder (what --overwrite replaces).
-OWN_FILES = (JOURNAL_NAME, CSV_NAME, PARQUET_NAME, SETTINGS_NAME)
+OWN_FILES = (JOURNAL_NAME, CSV_NAME, PARQUET_NAME, SETTINGS_NAME, REGIONS_CSV_NAME,
+             REGIONS_PARQUET_NAME)
 
 
 class OutputExistsError(SettingsError):

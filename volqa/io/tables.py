@@ -23,11 +23,14 @@ import pyarrow as pa
 from ..schema import Column
 from .atomic import atomic_write_many
 
-__all__ = ["CSV_NAME", "PARQUET_NAME", "METADATA_KEY", "ARROW_TYPES", "build_table",
-           "write_tables"]
+__all__ = ["CSV_NAME", "PARQUET_NAME", "REGIONS_CSV_NAME", "REGIONS_PARQUET_NAME",
+           "METADATA_KEY", "ARROW_TYPES", "build_table", "write_tables"]
 
 CSV_NAME = "results.csv"
 PARQUET_NAME = "results.parquet"
+#: The per-region long table (one row per manifest row and label), same writer and types.
+REGIONS_CSV_NAME = "regions.csv"
+REGIONS_PARQUET_NAME = "regions.parquet"
 METADATA_KEY = b"volqa"
 ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),
@@ -75,8 +78,10 @@ def build_table(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def write_tables(table: pa.Table, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``results.parquet`` and ``results.csv`` into ``out_dir``, both or neither.
+def write_tables(table: pa.Table, out_dir: str | os.PathLike[str], *,
+                 names: tuple[str, str] = (CSV_NAME, PARQUET_NAME)) -> tuple[Path, Path]:
+    """Write ``results.parquet`` and ``results.csv`` (or the CSV and Parquet ``names``, e.g.
+    the region table's) into ``out_dir``, both or neither.
 
     Returns
     -------
@@ -86,7 +91,7 @@ def write_tables(table: pa.Table, out_dir: str | os.PathLike[str]) -> tuple[Path
     import pyarrow.parquet as pq
 
     out = Path(out_dir)
-    csv_path, pq_path = out / CSV_NAME, out / PARQUET_NAME
+    csv_path, pq_path = out / names[0], out / names[1]
     frame = table.to_pandas(types_mapper={pa.int64(): _pandas_int64()}.get)
     atomic_write_many({
         pq_path: lambda tmp: pq.write_table(table, tmp),

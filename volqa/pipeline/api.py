@@ -49,6 +49,7 @@ def score_pair(
     test: Any,
     mask: Any = None,
     *,
+    labels: Any = None,
     settings: Settings | None = None,
     execution: Execution | None = None,
     scorer: RowScorer | None = None,
@@ -63,6 +64,10 @@ def score_pair(
         ``"folder#<SeriesInstanceUID>"``).
     mask : str, PathLike or Volume, optional
         Binary or label mask (inside = non-zero) in the reference's geometry.
+    labels : str, PathLike or Volume, optional
+        Integer label map in the reference's geometry: the result then has a ``regions``
+        key, one dict per non-zero label (``region``, ``n_voxels``, ``status``, ``note`` and
+        each metric over the region; see :mod:`volqa.pipeline.regions`).
     settings, execution : Settings, Execution, optional
         The run's settings (default: volqa's defaults).
     scorer : RowScorer, optional
@@ -70,8 +75,9 @@ def score_pair(
     **options
         Settings and Execution options, e.g. ``metrics="ssim,psnr"``, ``normalize="none"``,
         ``data_range=4024``, ``preset="skimage"``, ``win_size=7``, ``ssim_2d=0``,
-        ``resample=True``, ``device="cpu"``, ``max_memory="512M"``. Default metrics: ``ssim,
-        psnr, nrmse, mae, mse`` plus ``ssim_masked`` when there is a mask.
+        ``resample=True``, ``device="cpu"``, ``max_memory="512M"``,
+        ``protocol="fastmri"``. Default metrics: ``ssim, psnr, nrmse, mae, mse`` plus
+        ``ssim_masked`` when there is a mask (a protocol: its own set).
 
     Returns
     -------
@@ -94,16 +100,22 @@ def score_pair(
     ex = Execution.from_options(execution, **e_opts)
     ex.resolved_device()
     scorer = scorer or RowScorer()
-    job = RowJob(0, "(pair)", reference, test, mask, max_volume_bytes=volume_limit(ex))
+    job = RowJob(0, "(pair)", reference, test, mask, max_volume_bytes=volume_limit(ex),
+                 labels=labels)
     try:
-        fields = scorer.finish(scorer.prepare(job, s), s, ex).fields
+        result = scorer.finish(scorer.prepare(job, s), s, ex)
     except RowFailure as failure:
         raise failure.cause from None
+    fields = result.fields
     row = s.columns()
     row.update(fields)
-    keys = [c.name for c in output_columns([], s.metrics or ())
+    keys = [c.name for c in output_columns([], s.metrics or (),
+                                           protocol=s.protocol is not None)
             if c.name not in ("status", "error", "ssim_map")]
-    return {k: row.get(k) for k in keys if k in row}
+    out = {k: row.get(k) for k in keys if k in row}
+    if labels is not None:
+        out["regions"] = result.regions
+    return out
 
 
 def score_manifest(
@@ -161,7 +173,9 @@ def score_manifest(
     -------
     pandas.DataFrame
         The finished rows; ``status`` is ``"ok"`` or ``"error"``. ``attrs["volqa"]`` holds
-        the run's metadata (settings, counts, what resume reused).
+        the run's metadata (settings, counts, what resume reused). With a ``labels`` column,
+        ``attrs["regions"]`` holds the region table (also written as ``regions.csv`` and
+        ``regions.parquet``).
 
     Raises
     ------
@@ -185,7 +199,8 @@ def score_manifest(
     ex = Execution.from_options(execution, **e_opts)
     ex.resolved_device()
     if out is None:
-        return _run(manifest, s, ex, None, [], None, fail_fast, progress, scorer, executor)
+        return _run(manifest, s, ex, None, [], None, fail_fast, progress, scorer, executor,
+                    command)
     refuse_overwriting_inputs(out, _inputs(manifest))
     lock = OutDirLock(out)  # acquired by prepare_out_dir once the folder exists
     try:
@@ -193,7 +208,7 @@ def score_manifest(
         records, skipped = journal_records(out_dir / JOURNAL_NAME) if resume else ([], [])
         changed = s.differences(stored) if stored is not None else []
         return _run(manifest, s, ex, out_dir, records, (changed, skipped) if resume else None,
-                    fail_fast, progress, scorer, executor)
+                    fail_fast, progress, scorer, executor, command)
     finally:
         lock.release()
 
@@ -201,7 +216,7 @@ def score_manifest(
 def _run(manifest: Manifest, s: Settings, ex: Execution, out_dir: Path | None,
          records: list[dict[str, Any]], resumed: tuple[list[str], list[str]] | None,
          fail_fast: bool, progress: bool, scorer: RowScorer | None,
-         executor: Executor | None) -> pd.DataFrame:
+         executor: Executor | None, command: str | None) -> pd.DataFrame:
     """Plan (what resume reuses), record the settings, report, run the batch."""
     plan = plan_resume(manifest.rows, records, s.hash(), hash_inputs=out_dir is not None)
     changed, skipped = resumed or ([], [])

@@ -28,8 +28,8 @@ from ..execution import Execution
 from ..io.journal import JOURNAL_NAME, Journal
 from ..io.manifest import Manifest, ManifestRow
 from ..io.outdir import MAPS_DIR
-from ..io.tables import build_table, write_tables
-from ..schema import output_columns
+from ..io.tables import REGIONS_CSV_NAME, REGIONS_PARQUET_NAME, build_table, write_tables
+from ..schema import output_columns, region_columns
 from ..settings import Settings
 from .executors import Executor, ThreadExecutor
 from .memory import volume_limit
@@ -101,6 +101,7 @@ class Batch:
         results = {i: f for i, f in self.plan.reused.items()}
         results.update({i: self._killed(self.manifest.rows[i], n)
                         for i, n in self.plan.killed.items()})
+        regions = dict(self.plan.reused_regions)
         labels = row_labels(self.manifest)
         rows = {row.index: row for row in self.plan.todo}
         limit = volume_limit(self.execution)
@@ -131,6 +132,7 @@ class Batch:
                 for result in stream:
                     fields = self._record(rows[result.index], result, journal)
                     results[result.index] = fields
+                    regions[result.index] = result.regions
                     bar.done(result.ok)
                     if stop.signum is not None:
                         interrupted = stop.signum
@@ -146,7 +148,7 @@ class Batch:
             bar.close()
             if journal is not None:
                 self._close_journal(journal)
-        frame, written = self._write_guarded(results, stop)
+        frame, written = self._write_guarded(results, regions, stop)
         interrupted = interrupted or stop.signum
         if failed_write is not None:
             raise self._output_error(failed_write, JOURNAL_NAME, len(results), written)
@@ -166,14 +168,15 @@ class Batch:
             pass
         journal.close()
 
-    def _write_guarded(self, results: dict[int, dict[str, Any]], stop: StopRequest
+    def _write_guarded(self, results: dict[int, dict[str, Any]],
+                       regions: dict[int, list[dict[str, Any]]], stop: StopRequest
                        ) -> tuple[pd.DataFrame | None, bool | OSError]:
         """The final write under signal handling: (frame, True) when written; (None, False)
         when a second signal abandoned it; (None, error) when it failed."""
         stop.current = "writing the tables"  # a first signal lets the write finish
         try:
             with catch_signals(stop):
-                return self._write(results), True
+                return self._write(results, regions), True
         except KeyboardInterrupt:
             stop.signum = stop.signum or signal.SIGINT
             return None, False
@@ -195,7 +198,7 @@ class Batch:
         if self.settings.save_maps and self.out_dir is not None:
             map_path = str(self.out_dir / MAPS_DIR / map_name(row))
         return RowJob(row.index, row.subject_id, row.reference, row.test, row.mask, map_path,
-                      max_volume_bytes, row.index in self.plan.solo)
+                      max_volume_bytes, row.index in self.plan.solo, row.labels)
 
     def _killed(self, row: ManifestRow, kills: int) -> dict[str, Any]:
         """The error row of a row that took the process down ``kills`` times."""
@@ -219,13 +222,16 @@ class Batch:
                 "subject_id": row.subject_id, "test": row.test,
                 "inputs": self.plan.inputs[row.index],
                 "settings_hash": self.settings.hash(), "fields": fields,
+                **({"regions": result.regions} if self.manifest.has_labels else {}),
             })  # fmt: skip
         return fields
 
-    def _write(self, results: dict[int, dict[str, Any]]) -> pd.DataFrame:
+    def _write(self, results: dict[int, dict[str, Any]],
+               regions: dict[int, list[dict[str, Any]]]) -> pd.DataFrame:
         settings = self.settings
         columns = output_columns(self.manifest.dtypes(), settings.metrics or (),
-                                 save_maps=settings.save_maps)
+                                 save_maps=settings.save_maps,
+                                 protocol=settings.protocol is not None)
         setting_values = settings.columns()
         done = []
         for i in sorted(results):
@@ -241,4 +247,17 @@ class Batch:
             write_tables(table, self.out_dir)
         frame = table.to_pandas()
         frame.attrs["volqa"] = meta
+        if self.manifest.has_labels:
+            frame.attrs["regions"] = self._write_regions(regions, meta)
         return frame
+
+    def _write_regions(self, regions: dict[int, list[dict[str, Any]]],
+                       meta: dict[str, Any]) -> pd.DataFrame:
+        """The long table: one row per (manifest row, label), manifest columns first."""
+        columns = region_columns(self.manifest.dtypes(), self.settings.metrics or ())
+        rows = [{**self.manifest.typed(self.manifest.rows[i]), **r}
+                for i in sorted(regions) for r in regions[i]]
+        table = build_table(rows, columns, meta)
+        if self.out_dir is not None:
+            write_tables(table, self.out_dir, names=(REGIONS_CSV_NAME, REGIONS_PARQUET_NAME))
+        return table.to_pandas()

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.voxelwise import ErrorStats, error_stats, masked_mean
+from ..engine.voxelwise import ErrorStats, error_stats, masked_mean, slice_stats
 from ..errors import InputError
 from ..schema import Metric
 from ..settings import Settings
@@ -51,18 +51,16 @@ class PairContext:
         self.max_memory = max_memory
         self.keep_map = keep_map
         self.notes: list[str] = []
-        self._errors: dict[int, ErrorStats] = {}
         self._tensors: tuple[Any, Any] | None = None
         self._full: tuple[float, np.ndarray | None] | None = None
+        self._cache: dict[tuple[str, int], Any] = {}
 
     # -- what metrics use ---------------------------------------------------------------------
 
     def errors(self, region: np.ndarray | None = None) -> ErrorStats:
         """Float64 error sums over the whole volume or a region (cached per region)."""
-        key = id(region)
-        if key not in self._errors:
-            self._errors[key] = error_stats(self.reference, self.test, mask=region)
-        return self._errors[key]
+        return self._cached("errors", region,
+                            lambda: error_stats(self.reference, self.test, mask=region))
 
     def ssim(self, region: np.ndarray | None = None) -> float:
         """SSIM over the map, or the mean of the map over a region's voxels (map computed on
@@ -82,6 +80,49 @@ class PairContext:
         x, y = self._on_device()
         axis = self.settings.ssim_2d
         return float(self._engine().ssim_slices(x, y, axis=axis, **self._engine_kw()))
+
+    def ms_ssim(self, region: np.ndarray | None = None) -> float:
+        """MS-SSIM with the run's SSIM convention and ``ms_ssim_scales`` (masked: each scale's
+        mean over the pooled region)."""
+        def compute() -> float:
+            from ..engine.multiscale import ms_ssim, ms_ssim_weights
+
+            x, y = self._on_device()
+            return float(ms_ssim(x, y, mask=region, **self._engine_kw(),
+                                 weights=ms_ssim_weights(self.settings.ms_ssim_scales)))
+        return self._cached("ms_ssim", region, compute)
+
+    def hfen(self, region: np.ndarray | None = None) -> float:
+        """HFEN of the pair (3-D LoG; norms over the region's voxels), float64 on the CPU."""
+        def compute() -> float:
+            from ..engine.highfreq import hfen
+
+            return float(hfen(self.reference, self.test, mask=region))
+        return self._cached("hfen", region, compute)
+
+    def slice_errors(self) -> list[ErrorStats | None]:
+        """Error sums of every 2-D slice along ``settings.ssim_2d`` (None: no mask voxel)."""
+        return self._cached("slices", None, lambda: slice_stats(
+            self.reference, self.test, self.settings.ssim_2d))
+
+    def outside_mask(self) -> np.ndarray:
+        """The complement of the row's mask (computed once)."""
+        if self.mask is None:
+            raise InputError("no mask: the region outside it is undefined")
+        return self._cached("outside", self.mask, lambda: ~self.mask)
+
+    def forget(self, region: Any) -> None:
+        """Drop what is cached for ``region`` (per-region loops: keep memory flat)."""
+        for key in [k for k in self._cache if k[1] == id(region)]:
+            del self._cache[key]
+
+    def _cached(self, what: str, region: Any, compute: Any) -> Any:
+        """``compute()`` once per (quantity, region object); the region is kept with the value,
+        so its id cannot be reused by another array while cached."""
+        key = (what, id(region))
+        if key not in self._cache:
+            self._cache[key] = (region, compute())
+        return self._cache[key][1]
 
     def ssim_map(self) -> np.ndarray:
         """The SSIM map (float32, engine shape: smaller than the volume for a valid border)."""

@@ -39,7 +39,7 @@ from ..errors import GeometryError
 from ..io.itk import volume_to_sitk
 from ..io.volume import LPS_TO_RAS, Volume, lps_geometry
 
-__all__ = ["Alignment", "align_to_reference"]
+__all__ = ["Alignment", "align_to_reference", "align_volume"]
 
 SPACING_RTOL = 1e-4
 DIRECTION_ATOL = 1e-4
@@ -129,6 +129,17 @@ def align_to_reference(
     return test, mask, Alignment(reoriented, resampled_test or resampled_mask, coverage)
 
 
+#: Roles resampled with nearest neighbour (their values are labels, not intensities).
+NEAREST_ROLES = ("mask", "labels")
+
+
+def align_volume(reference: Volume, volume: Volume, role: str, *,
+                 resample: bool = False) -> tuple[Volume, str, bool]:
+    """One more volume (a label map) onto the reference grid, by the rules of
+    :func:`align_to_reference`; returns (volume, reorientation text, resampled?)."""
+    return _align_one(reference, volume, role, resample)
+
+
 def _align_one(reference: Volume, volume: Volume, role: str,
                resample: bool) -> tuple[Volume, str, bool]:
     """(volume on the reference grid, reorientation text, resampled?) for one volume."""
@@ -156,7 +167,7 @@ def _align_one(reference: Volume, volume: Volume, role: str,
         f"{role} {volume.source!r} is not on the voxel grid of reference "
         f"{reference.source!r}{after}: {differences}; use --resample (resample=True) to "
         f"resample the {role} onto the reference grid "
-        f"({'nearest neighbour' if role == 'mask' else 'linear'} interpolation)"
+        f"({'nearest neighbour' if role in NEAREST_ROLES else 'linear'} interpolation)"
     )
 
 
@@ -231,7 +242,7 @@ def _reorient_like(reference: Volume, volume: Volume, role: str) -> tuple[Volume
 
 def _resample_onto(reference: Volume, volume: Volume, role: str) -> Volume:
     """SimpleITK resampling of ``volume`` onto ``reference``'s grid (identity transform)."""
-    nearest = role == "mask"
+    nearest = role in NEAREST_ROLES
     spacing, direction, origin = lps_geometry(reference.affine)
     resampler = sitk.ResampleImageFilter()
     resampler.SetSize(list(reference.shape))

@@ -11,7 +11,27 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["binarize_mask"]
+__all__ = ["binarize_mask", "whole_numbers"]
+
+
+def whole_numbers(array: np.ndarray, what: str, way_out: str) -> np.ndarray:
+    """``array`` as an ndarray after checking that it holds only finite whole numbers (masks
+    and label maps); ``what`` names it in the message, ``way_out`` ends it.
+
+    Raises
+    ------
+    InputError
+        NaN/Inf or fractional values.
+    """
+    a = np.asarray(array)
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise InputError(f"{what}: contains NaN or Inf values.")
+        frac = a != np.round(a)
+        if frac.any():
+            raise InputError(f"{what}: {int(frac.sum())} voxel(s) have fractional values (e.g. "
+                             f"{float(a[frac].flat[0]):g}); {way_out}")
+    return a
 
 
 def binarize_mask(array: np.ndarray, *, source: str = "mask") -> tuple[np.ndarray, str]:
@@ -34,18 +54,9 @@ def binarize_mask(array: np.ndarray, *, source: str = "mask") -> tuple[np.ndarra
     InputError
         NaN or fractional values (probability map: threshold it first), or no voxel inside.
     """
-    a = np.asarray(array)
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all():
-            raise InputError(f"mask {source!r}: contains NaN or Inf values.")
-        frac = a != np.round(a)
-        if frac.any():
-            example = float(a[frac].flat[0])
-            raise InputError(
-                f"mask {source!r}: {int(frac.sum())} voxel(s) have fractional values (e.g. "
-                f"{example:g}); volqa needs a binary or label mask (inside = non-zero). "
-                "Threshold it first (e.g. value >= 0.5) and save it as integers."
-            )
+    a = whole_numbers(array, f"mask {source!r}", "volqa needs a binary or label mask (inside "
+                      "= non-zero). Threshold it first (e.g. value >= 0.5) and save it as "
+                      "integers.")
     inside = a != 0
     if not inside.any():
         raise InputError(f"mask {source!r}: no voxel is non-zero (empty mask); nothing to score.")

@@ -61,8 +61,12 @@ def fingerprint(path: str | None) -> Any:
 
 
 def row_inputs(row: ManifestRow) -> dict[str, Any]:
-    """Fingerprints of the row's reference, test and mask."""
-    return {role: fingerprint(getattr(row, role)) for role in ("reference", "test", "mask")}
+    """Fingerprints of the row's reference, test and mask (and label map, when it has one:
+    rows without keep the keys of earlier volqa versions)."""
+    inputs = {role: fingerprint(getattr(row, role)) for role in ("reference", "test", "mask")}
+    if row.labels is not None:
+        inputs["labels"] = fingerprint(row.labels)
+    return inputs
 
 
 def row_key(row: ManifestRow, inputs: Mapping[str, Any], settings_hash: str) -> str:
@@ -133,6 +137,7 @@ class ResumePlan:
     todo: list[ManifestRow] = field(default_factory=list)
     solo: set[int] = field(default_factory=set)
     killed: dict[int, int] = field(default_factory=dict)
+    reused_regions: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     reasons: Counter[str] = field(default_factory=Counter)
 
     def describe(self) -> str:
@@ -168,6 +173,7 @@ def plan_resume(rows: Sequence[ManifestRow], records: Sequence[Mapping[str, Any]
         kills = unfinished.get(key, [])
         if rec is not None and rec["fields"]["status"] == "ok" and not kills:
             plan.reused[row.index] = dict(rec["fields"])
+            plan.reused_regions[row.index] = list(rec.get("regions") or [])
             continue
         if len(kills) >= KILL_LIMIT and kills[-1]:
             plan.killed[row.index] = len(kills)

@@ -34,8 +34,9 @@ from ..execution import Execution
 from ..io.volume import Volume
 from ..schema import METRICS
 from ..settings import Settings
-from .context import PairContext
 from .devices import is_oom, run_with_oom_fallback
+from .protocols import make_context, prepare
+from .regions import RegionScores, label_values, region_metrics, region_rows, score_regions
 
 __all__ = ["RowJob", "RowResult", "Prepared", "EngineResult", "RowFailure", "RowScorer",
            "padded_map"]
@@ -61,6 +62,8 @@ class RowJob:
     solo : bool
         Run this row with nothing else in flight (no read-ahead around it): a row that was
         in flight when an earlier run was killed.
+    labels : str, PathLike, Volume or None
+        An integer label map: every metric is also scored per label (:mod:`.regions`).
     """
 
     index: int
@@ -71,6 +74,7 @@ class RowJob:
     map_path: str | None = None
     max_volume_bytes: int | None = None
     solo: bool = False
+    labels: Source | None = None
 
     def files(self) -> dict[str, str]:
         """``role -> path`` for messages."""
@@ -79,7 +83,8 @@ class RowJob:
                 return v.source
             return os.fspath(v) if isinstance(v, str | os.PathLike) else f"<{type(v).__name__}>"
         return {role: name(v) for role, v in (("reference", self.reference), ("test", self.test),
-                                               ("mask", self.mask)) if v is not None}
+                                               ("mask", self.mask), ("labels", self.labels))
+                if v is not None}
 
 
 @dataclass
@@ -88,6 +93,7 @@ class RowResult:
 
     index: int
     fields: dict[str, Any]
+    regions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -107,6 +113,9 @@ class Prepared:
     fields: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    labels: np.ndarray | None = None  # the label map on the reference grid
+    label_values: np.ndarray | None = None  # its non-zero labels
+    regions: RegionScores | None = None  # the CPU metrics per label
 
 
 @dataclass
@@ -116,6 +125,7 @@ class EngineResult:
     values: dict[str, float | None]
     notes: list[str] = field(default_factory=list)
     map: np.ndarray | None = None  # float32 SSIM map (engine shape) when asked for
+    regions: RegionScores | None = None  # the engine metrics per label
 
 
 class RowFailure(Exception):
@@ -191,9 +201,8 @@ class RowScorer:
         ------
         RowFailure
         """
-        from .geometry import align_to_reference
+        from .geometry import align_to_reference, align_volume
         from .masks import binarize_mask
-        from .normalize import normalize
 
         t0 = time.perf_counter()
         fields: dict[str, Any] = {}
@@ -209,14 +218,30 @@ class RowScorer:
             if job.mask is not None:
                 role = "mask"
                 mask_v = _read(job.mask, "mask", job.max_volume_bytes)
+            labels_v = None
+            if job.labels is not None:
+                role = "labels"
+                labels_v = _read(job.labels, "labels", job.max_volume_bytes)
             role = None
             test_v, mask_v, alignment = align_to_reference(
                 ref_v, test_v, mask_v, resample=settings.resample,
                 min_coverage=settings.min_coverage)
-            fields["reoriented"] = alignment.reoriented or None
-            fields["resampled"] = alignment.resampled
+            reoriented, resampled = alignment.reoriented, alignment.resampled
+            if labels_v is not None:
+                role = "labels"
+                labels_v, how, moved = align_volume(ref_v, labels_v, "labels",
+                                                    resample=settings.resample)
+                reoriented = "; ".join(r for r in (reoriented, how) if r)
+                resampled = resampled or moved
+                labels, values = labels_v.array, label_values(labels_v.array,
+                                                              source=labels_v.source)
+                if not values.size:
+                    notes.append("labels: no non-zero label, so no region rows")
+            fields["reoriented"] = reoriented or None
+            fields["resampled"] = resampled
             fields["coverage"] = alignment.coverage
-            for r, v in (("reference", ref_v), ("test", test_v), ("mask", mask_v)):
+            for r, v in (("reference", ref_v), ("test", test_v), ("mask", mask_v),
+                         ("labels", labels_v)):
                 if v is not None:
                     notes.extend(f"{r}: {n}" for n in v.notes)
             mask = None
@@ -226,18 +251,29 @@ class RowScorer:
                 if note:
                     notes.append(note)
             role = "reference"
-            norm = normalize(ref_v.array, test_v.array, settings)
+            norm, raw = prepare(ref_v.array, test_v.array, settings)
             role = None
             fields["data_range"] = norm.data_range
             fields.update(norm.fields())
-            ctx = PairContext(norm.reference, norm.test, mask, norm.data_range, settings)
+            ctx = make_context(norm.reference, norm.test, mask, norm.data_range, settings,
+                               raw=raw)
             fields.update(ctx.compute(m for m in _selected(settings) if not m.engine))
             notes.extend(ctx.notes)
+            regions = None
+            if labels_v is not None:
+                role = "labels"
+                regions = score_regions(ctx, labels, values,
+                                        [m for m in region_metrics(settings.metrics or ())
+                                         if not m.engine])
+                role = None
         except Exception as exc:  # noqa: BLE001 - every failure becomes the row's error
             raise RowFailure(_message(job, role, exc), exc, fields, notes,
                              time.perf_counter() - t0) from exc
-        return Prepared(job, ref_v, norm.reference, norm.test, mask, norm.data_range, fields,
-                        notes, time.perf_counter() - t0)
+        prepared = Prepared(job, ref_v, norm.reference, norm.test, mask, norm.data_range, fields,
+                            notes, time.perf_counter() - t0)
+        if labels_v is not None:
+            prepared.labels, prepared.label_values, prepared.regions = labels, values, regions
+        return prepared
 
     def finish(self, p: Prepared, settings: Settings, execution: Execution) -> RowResult:
         """Engine metrics under the out-of-memory policy, then the map (``ok`` row).
@@ -269,7 +305,11 @@ class RowScorer:
         fields["seconds"] = p.seconds + (time.perf_counter() - t0)
         fields["notes"] = "; ".join(notes) or None
         fields["volqa_version"] = __version__
-        return RowResult(p.job.index, fields)
+        rows = []
+        if p.label_values is not None:
+            rows = region_rows(p.label_values, region_metrics(settings.metrics or ()),
+                               *(r for r in (p.regions, result.regions) if r is not None))
+        return RowResult(p.job.index, fields, rows)
 
     def memory_estimate(self, job: RowJob) -> int:
         """Bytes the prepared row holds, from the headers: 2 x its volumes' float32 arrays
@@ -291,10 +331,15 @@ class RowScorer:
     def engine_metrics(self, p: Prepared, settings: Settings, device: str,
                        max_memory: int | None, keep_map: bool) -> EngineResult:
         """The registry's engine metrics of a prepared pair on ``device`` (one attempt)."""
-        ctx = PairContext(p.ref, p.test, p.mask, p.data_range, settings, device=device,
-                          max_memory=max_memory, keep_map=keep_map)
+        ctx = make_context(p.ref, p.test, p.mask, p.data_range, settings, device=device,
+                           max_memory=max_memory, keep_map=keep_map)
         values = ctx.compute(m for m in _selected(settings) if m.engine)
-        return EngineResult(values, ctx.notes, ctx.ssim_map() if keep_map else None)
+        regions = None
+        if p.labels is not None:
+            regions = score_regions(ctx, p.labels, p.label_values,  # type: ignore[arg-type]
+                                    [m for m in region_metrics(settings.metrics or ())
+                                     if m.engine])
+        return EngineResult(values, ctx.notes, ctx.ssim_map() if keep_map else None, regions)
 
 
 def padded_map(smap: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
