@@ -175,7 +175,8 @@ def test_different_settings_are_refused_unless_allowed(tmp_path) -> None:
 @pytest.mark.parametrize(("make", "args", "message"), [
     (lambda p: p / "res/results.parquet", ["--by", "methd"],
      "--by column 'methd' is not in"),
-    (lambda p: p / "res/results.parquet", ["--metrics", "ssim,hfen"], "unknown metric(s) 'hfen'"),
+    (lambda p: p / "res/results.parquet", ["--metrics", "ssim,foo"], "unknown metric(s) 'foo'"),
+    (lambda p: p / "res/results.parquet", ["--metrics", "ssim,hfen"], "'hfen' not in"),
     (lambda p: p / "res/results.parquet", ["--metrics", "nrmse"],
      "metric(s) 'nrmse' not in"),
     (lambda p: p / "res/results.parquet", ["--subject", "site"], "has 5 rows for method"),

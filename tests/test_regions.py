@@ -91,7 +91,8 @@ def test_resume_reuses_region_rows_and_overwrite_removes_them(tmp_path):
     out = tmp_path / "out"
     first = volqa.score_manifest(manifest, out=out, metrics="ssim,mae")
     journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
-    assert all(len(rec["regions"]) == 3 for rec in journal)
+    results = [rec for rec in journal if rec["type"] == "result"]
+    assert len(results) == 2 and all(len(rec["regions"]) == 3 for rec in results)
     again = volqa.score_manifest(manifest, out=out, resume=True)
     assert again.attrs["volqa"]["resume"]["reused"] == 2
     pd.testing.assert_frame_equal(again.attrs["regions"], first.attrs["regions"])

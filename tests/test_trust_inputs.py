@@ -237,9 +237,29 @@ def test_the_valid_range_in_the_message_is_exact(too_small) -> None:
         volqa.ssim(x, y, data_range=L, k1=low / 1.01 if too_small else high * 1.01)
 
 
-def test_raw_intensities_that_overflow_float32_give_an_error_not_nan(tmp_path) -> None:
+def test_raw_intensities_near_the_float32_limit_are_scored_not_nan(tmp_path) -> None:
+    """Intensities of 1e19 (squares beyond float32) are computed in float64: a real value,
+    equal to scikit-image's float64 computation."""
     big = phantom(9, SHAPE).astype(np.float64) * 1e17
     ref = write_nii(tmp_path / "r.nii", big.astype(np.float32))
     test = write_nii(tmp_path / "t.nii", (big * 1.01).astype(np.float32))
-    with pytest.raises(InputError, match=r"ssim came out NaN although the volumes are finite"):
-        volqa.score_pair(ref, test, normalize="none", data_range=1.0)
+    row = volqa.score_pair(ref, test, normalize="none", data_range=1.0, win_size=7)
+    x, y = read_volume(ref).array.astype(np.float64), read_volume(test).array.astype(np.float64)
+    want = structural_similarity(x, y, data_range=1.0, win_size=7, gaussian_weights=True,
+                                 sigma=1.5, use_sample_covariance=False)
+    assert row["ssim"] == pytest.approx(want, abs=1e-6)
+
+
+def test_a_metric_that_comes_out_nan_fails_its_row(tmp_path) -> None:
+    """The last safety net: no ``ok`` row carries a NaN computed from finite volumes."""
+    from volqa.schema import METRICS, Metric
+
+    ref = write_nii(tmp_path / "r.nii", phantom(9, SHAPE))
+    METRICS.register(Metric("broken_metric", lambda c: float("nan"), "always NaN",
+                            default=True))
+    try:
+        with pytest.raises(InputError, match=r"broken_metric came out NaN although the "
+                                             r"volumes are finite"):
+            volqa.score_pair(ref, ref)
+    finally:
+        METRICS.unregister("broken_metric")

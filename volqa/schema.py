@@ -185,6 +185,10 @@ class MetricRegistry:
         return tuple(self[n] for n in self.ordered(twins) if self[n].needs_mask)
 
 
+#: What the 2-D slice metrics need: the slice axis (``requires`` of their entries).
+_SLICE_AXIS = ("ssim_2d", "the slice axis: --ssim-2d AXIS (ssim_2d=0)")
+
+
 def _slice_mean(c: MetricContext, get: Callable[[Any], float]) -> float:
     """Mean over the 2-D slices (along ``Settings.ssim_2d``) of a per-slice error metric."""
     values = [get(e) for e in c.slice_errors() if e is not None]
@@ -293,8 +297,7 @@ METRICS = MetricRegistry([
            "voxels it covers (map computed on the real images)", needs_mask=True,
            default=True, engine=True),
     Metric("ssim_2d", lambda c: c.ssim_2d(), "mean 2-D SSIM over the slices along voxel "
-           "axis --ssim-2d AXIS", engine=True,
-           requires=("ssim_2d", "the slice axis: --ssim-2d AXIS (ssim_2d=0)")),
+           "axis --ssim-2d AXIS", engine=True, requires=_SLICE_AXIS),
     *_voxelwise("psnr", "10 log10(L^2 / MSE) in dB; inf for identical images",
                 lambda e, c: e.psnr(c.data_range), higher=True, default=True, unit="dB"),
     *_voxelwise("nrmse", "RMSE / (max - min of the reference)", lambda e, c: e.nrmse(),
@@ -318,9 +321,9 @@ METRICS = MetricRegistry([
            "the voxels outside the mask (BraSyn's healthy region)", needs_mask=True,
            engine=True),
     Metric("psnr_2d", lambda c: _slice_mean(c, lambda e: e.psnr(c.data_range)), "mean PSNR "
-           "of the 2-D slices along --ssim-2d AXIS", unit="dB", requires="ssim_2d"),
+           "of the 2-D slices along --ssim-2d AXIS", unit="dB", requires=_SLICE_AXIS),
     Metric("nmse_2d", lambda c: _slice_mean(c, lambda e: e.nmse()), "mean NMSE of the 2-D "
-           "slices along --ssim-2d AXIS", higher_is_better=False, requires="ssim_2d",
+           "slices along --ssim-2d AXIS", higher_is_better=False, requires=_SLICE_AXIS,
            undefined_ok=True),
 ])
 
