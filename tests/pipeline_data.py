@@ -16,6 +16,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
+from volqa.pipeline import RowScorer
+
 SHAPE = (20, 18, 16)
 UID_ROOT = "1.2.826.0.1.3680043.8.498.7301"  # DICOM UIDs written by the tests
 AFFINE = np.diag([1.0, 1.0, 1.5, 1.0])
@@ -218,3 +220,18 @@ def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: flo
         time.sleep(0.05)
     proc.kill()
     raise AssertionError("timed out")
+
+
+
+class CountCalls(RowScorer):
+    """A row scorer that counts engine computations (one per scored row): ``n``, and the
+    subjects they were for, in order."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.subjects: list[str] = []
+
+    def engine_metrics(self, p, *args, **kwargs):
+        self.n += 1
+        self.subjects.append(p.job.subject_id)
+        return super().engine_metrics(p, *args, **kwargs)

@@ -17,15 +17,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from pipeline_data import CountCalls, make_batch, phantom, write_manifest, write_nii
 from typer.testing import CliRunner
 
 import volqa
-from pipeline_data import make_batch, phantom, write_manifest, write_nii
 from volqa.cli import app
 from volqa.engine import SSIMSettings
 from volqa.io import read_volume
 from volqa.io.journal import load_journal
-from volqa.pipeline import RowScorer
 from volqa.pipeline.progress import printable, row_labels
 from volqa.schema import METRICS, Metric
 from volqa.settings import Settings
@@ -128,14 +127,6 @@ def test_engine_errors_are_value_errors(call, error) -> None:
 # ----------------------------------------------------------------------------- resume
 
 
-class Counting(RowScorer):
-    def __init__(self) -> None:
-        self.n = 0
-
-    def engine_metrics(self, *args, **kwargs):
-        self.n += 1
-        return super().engine_metrics(*args, **kwargs)
-
 
 def test_resume_keeps_the_stored_settings_when_a_default_changes(tmp_path, monkeypatch) -> None:
     """A later volqa with another default (simulated: K2 0.03 -> 0.05) resumes a batch with the
@@ -150,7 +141,7 @@ def test_resume_keeps_the_stored_settings_when_a_default_changes(tmp_path, monke
     fresh = volqa.score_manifest(manifest)
     assert set(fresh["ssim_k2"]) == {0.05} and (fresh["ssim"] != first["ssim"]).all()  # in effect
 
-    calls = Counting()
+    calls = CountCalls()
     again = volqa.score_manifest(manifest, out=out, resume=True, scorer=calls)
     assert calls.n == 0
     pd.testing.assert_frame_equal(again, first)
@@ -245,8 +236,8 @@ def _volqa_imports(path: Path, package: str) -> set[str]:
             continue
         for name in names:
             parts = name.split(".")
-            if parts[0] == "volqa" and len(parts) > 1 and not parts[1].startswith("__"):
-                found.add(parts[1])  # (`from .. import __version__` is the package itself)
+            if parts[0] == "volqa" and len(parts) > 1 and not parts[1].startswith("_"):
+                found.add(parts[1])  # (`__version__`, `_lazy`: the package's own base)
     return found
 
 

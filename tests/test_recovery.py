@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from pipeline_data import degrade, make_batch, phantom, results_in, wait_for, write_nii
+from pipeline_data import (
+    CountCalls,
+    degrade,
+    make_batch,
+    phantom,
+    results_in,
+    wait_for,
+    write_nii,
+)
 from typer.testing import CliRunner
 
 import volqa
@@ -24,7 +32,6 @@ from volqa.cli import app
 from volqa.errors import OutputError, SettingsError
 from volqa.io.atomic import atomic_write
 from volqa.io.journal import Journal, load_journal
-from volqa.pipeline import RowScorer
 
 ROOT = Path(__file__).resolve().parents[1]
 cli = CliRunner()
@@ -33,16 +40,6 @@ cli = CliRunner()
 def read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
-
-class CountCalls(RowScorer):
-    """A row scorer that counts engine computations (one per scored row)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def engine_metrics(self, *args, **kwargs):
-        self.n += 1
-        return super().engine_metrics(*args, **kwargs)
 
 
 def test_resume_skips_finished_rows_and_recomputes_changed_ones(tmp_path, monkeypatch) -> None:

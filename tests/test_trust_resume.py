@@ -17,6 +17,7 @@ import pytest
 import SimpleITK as sitk
 from pipeline_data import (
     UID_ROOT,
+    CountCalls,
     degrade,
     make_batch,
     phantom,
@@ -30,19 +31,10 @@ import volqa
 import volqa.pipeline.row as row_module
 from volqa.cli import app
 from volqa.io.journal import read_journal, record_check
-from volqa.pipeline import RowScorer
 from volqa.pipeline.resume import fingerprint
 
 cli = CliRunner()
 
-
-class CountCalls(RowScorer):
-    def __init__(self) -> None:
-        self.subjects: list[str] = []
-
-    def engine_metrics(self, p, *args, **kwargs):
-        self.subjects.append(p.job.subject_id)
-        return super().engine_metrics(p, *args, **kwargs)
 
 
 def same_size_same_mtime(path: Path, new_bytes: bytes) -> None:

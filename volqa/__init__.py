@@ -10,10 +10,10 @@ SimpleITK are not installed. Typer, Pillow and the demo are imported only by the
 
 from __future__ import annotations
 
-from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_names
 from .errors import GeometryError, InputError, ManifestError, SettingsError, VolqaError
 
 try:
@@ -68,13 +68,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .settings import Settings
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'volqa' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)

@@ -8,33 +8,34 @@ Names are imported on first use, so the conventions can be read without importin
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
 
 _LAZY = {
-    "PRESETS": "conventions",
-    "PRESET_NOTES": "conventions",
-    "SSIMSettings": "conventions",
-    "resolve_settings": "conventions",
-    "window_taps": "conventions",
-    "SSIMLoss": "losses",
-    "MSSSIMLoss": "losses",
-    "ssim": "structural",
-    "ssim_slices": "structural",
-    "default_max_memory": "tiling",
-    "map_region": "tiling",
-    "ErrorStats": "voxelwise",
-    "error_stats": "voxelwise",
-    "mse": "voxelwise",
-    "mae": "voxelwise",
-    "psnr": "voxelwise",
-    "nrmse": "voxelwise",
-    "masked_mean": "voxelwise",
-    "nmse": "voxelwise",
-    "slice_stats": "voxelwise",
-    "MS_SSIM_WEIGHTS": "multiscale",
-    "ms_ssim": "multiscale",
-    "hfen": "highfreq",
+    "PRESETS": ".conventions",
+    "PRESET_NOTES": ".conventions",
+    "SSIMSettings": ".conventions",
+    "resolve_settings": ".conventions",
+    "window_taps": ".conventions",
+    "SSIMLoss": ".losses",
+    "MSSSIMLoss": ".losses",
+    "ssim": ".structural",
+    "ssim_slices": ".structural",
+    "default_max_memory": ".tiling",
+    "map_region": ".tiling",
+    "ErrorStats": ".voxelwise",
+    "error_stats": ".voxelwise",
+    "mse": ".voxelwise",
+    "mae": ".voxelwise",
+    "psnr": ".voxelwise",
+    "nrmse": ".voxelwise",
+    "masked_mean": ".voxelwise",
+    "nmse": ".voxelwise",
+    "slice_stats": ".voxelwise",
+    "MS_SSIM_WEIGHTS": ".multiscale",
+    "ms_ssim": ".multiscale",
+    "hfen": ".highfreq",
 }
 __all__ = list(_LAZY)
 
@@ -58,13 +59,4 @@ if TYPE_CHECKING:  # pragma: no cover
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)
