@@ -14,6 +14,7 @@ import inspect
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from .executors import Executor
 from .progress import printable, warn
 from .resume import plan_resume
 from .row import RowFailure, RowJob, RowScorer
+from .shards import resolve_shard, select_shard, shard_record
 
 __all__ = ["score_pair", "score_manifest"]
 
@@ -108,7 +110,7 @@ def score_manifest(
     strict: bool = False,
     progress: bool = False,
     scorer: RowScorer | None = None,
-    executor: Executor | None = None,
+    executor: Executor | str | None = None,
     **options: Any,
 ) -> pd.DataFrame:
     """Score every row of a manifest; one output row per manifest row, in manifest order.
@@ -126,9 +128,15 @@ def score_manifest(
         has a ``mask`` column (rows without a mask get an empty value); ``save_maps=True``
         writes each SSIM map to ``out/maps/`` as NIfTI in the reference's geometry, NaN where
         the window does not fit; ``workers`` read the next rows in background threads.
+        ``executor="processes"`` (``jobs=N``) scores rows in N worker processes,
+        ``executor="dask"`` (``scheduler="tcp://host:8786"`` or ``"local:N"``) on a Dask
+        cluster; ``threads`` sets the torch threads of each worker (default: the cores
+        divided among the workers). ``shard="I/N"`` scores only the rows whose index is I
+        modulo N (see :mod:`volqa.pipeline.shards`; join the parts with
+        :func:`volqa.pipeline.merge.merge_parts`).
     resume : bool, default False
-        Continue the batch in ``out``: the settings come from ``out/settings.json``, options
-        given here override them (rows whose settings then differ are computed again, and
+        Continue the batch in ``out``: the settings (and the shard) come from
+        ``out/settings.json``, options given here override them (rows whose settings then differ are computed again, and
         the report says so); rows of ``out/journal.jsonl`` that finished ``ok`` with the same
         subject, inputs and settings are reused.
     overwrite : bool, default False
@@ -139,8 +147,10 @@ def score_manifest(
         A missing input file is a manifest error (nothing scored) instead of a failed row.
     progress : bool, default False
         Progress bar and warnings (missing files, what resume reuses) on stderr.
-    scorer, executor : optional
-        Replace the row scorer or the executor (default: read-ahead threads).
+    scorer : RowScorer, optional
+        Replaces the row scorer.
+    executor : {"threads", "processes", "dask"} or Executor, optional
+        Where rows run (the Execution option), or an executor object that replaces it.
 
     Returns
     -------
@@ -158,21 +168,28 @@ def score_manifest(
         SIGINT/SIGTERM; the finished rows were written first.
     """
     manifest = read_manifest(path, strict=strict)
+    if isinstance(executor, str):
+        options, executor = {**options, "executor": executor}, None
     s_opts, e_opts = split_options(options)
     if out is None and (resume or overwrite or s_opts.get("save_maps")):
         raise SettingsError("resume, overwrite and save_maps need an output folder (out=...).")
     out_dir = prepare_out_dir(out, resume=resume, overwrite=overwrite) if out else None
-    stored = _stored_settings(out_dir) if resume and out_dir is not None else None
+    stored_meta = read_json(out_dir / SETTINGS_NAME) if resume and out_dir is not None else None
+    stored = _stored_settings(out_dir, stored_meta)
     s = Settings.from_options(settings or stored, **s_opts).for_manifest(manifest.has_mask)
     ex = Execution.from_options(execution, **e_opts)
-    ex.resolved_device()
+    ex = replace(ex, shard=resolve_shard(ex.shard, stored_meta, str(out_dir)))
+    if ex.executor != "dask":  # a cluster's workers resolve the device on their side
+        ex.resolved_device()
     changed = s.differences(stored) if stored is not None else []
+    part = select_shard(manifest, ex.shard)
 
     journal = load_journal(out_dir / JOURNAL_NAME) if resume and out_dir is not None else {}
-    plan = plan_resume(manifest.rows, journal, s.hash())
+    plan = plan_resume(part.rows, journal, s.hash())
     meta = {
         "format": SETTINGS_FORMAT, "volqa_version": __version__, "manifest": str(manifest.path),
         "manifest_sha256": hashlib.sha256(manifest.path.read_bytes()).hexdigest(),
+        "manifest_rows": len(manifest), "shard": shard_record(ex.shard),
         "settings": s.as_dict(), "settings_hash": s.hash(), "execution": ex.as_dict(),
         "resume": {"reused": len(plan.reused), "computed": len(plan.todo),
                    "reasons": dict(plan.reasons), "settings_changed": changed} if resume else None,
@@ -180,18 +197,17 @@ def score_manifest(
     if out_dir is not None:
         write_json(out_dir / SETTINGS_NAME, {k: v for k, v in meta.items() if k != "resume"})
     if progress:
-        warn(missing_files(manifest))
+        warn(missing_files(part))
         if resume:
             why = f"; settings changed: {', '.join(changed)}" if changed else ""
             sys.stderr.write(f"volqa: resuming in {printable(str(out_dir))}: "
                              f"{plan.describe()}{why}\n")
-    batch = Batch(manifest, s, ex, plan, out_dir, fail_fast, progress, scorer, executor, meta)
+    batch = Batch(part, s, ex, plan, out_dir, fail_fast, progress, scorer, executor, meta)
     return batch.run()
 
 
-def _stored_settings(out_dir: Path) -> Settings | None:
-    data = read_json(out_dir / SETTINGS_NAME)
-    if data is None:
+def _stored_settings(out_dir: Path | None, data: dict[str, Any] | None) -> Settings | None:
+    if out_dir is None or data is None:
         return None
     if data.get("format") != SETTINGS_FORMAT or "settings" not in data:
         raise SettingsError(f"{str(out_dir / SETTINGS_NAME)!r} was written by another volqa "

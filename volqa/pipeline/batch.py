@@ -24,7 +24,7 @@ from ..io.outdir import MAPS_DIR
 from ..io.tables import build_table, write_tables
 from ..schema import output_columns
 from ..settings import Settings
-from .executors import Executor, ThreadExecutor
+from .executors import Executor, make_executor
 from .progress import Progress, row_labels
 from .resume import ResumePlan
 from .row import RowJob, RowResult, RowScorer
@@ -54,6 +54,14 @@ class BatchInterrupted(KeyboardInterrupt):
         self.total = total
 
 
+def _running(running: dict[int, str]) -> str:
+    """``subject 'a'`` or ``subject 'a' and 2 other rows`` (for the signal message)."""
+    if not running:
+        return ""
+    first = next(iter(running.values()))
+    return first + (f" and {len(running) - 1} other row(s)" if len(running) > 1 else "")
+
+
 def map_name(row: ManifestRow) -> str:
     """The SSIM map file of a row: unique per (subject, test), short, stable across resume."""
     import hashlib
@@ -80,34 +88,43 @@ class Batch:
     meta: dict[str, Any] | None = None
 
     def run(self) -> pd.DataFrame:
-        """Score the rows the plan left to do; write the tables; return all finished rows."""
+        """Score the rows the plan left to do; write the tables; return all finished rows.
+
+        After SIGINT/SIGTERM or a failed row with ``fail_fast`` no new row is started; the
+        rows already running (one with threads, one per worker otherwise) are finished and
+        recorded."""
         results = {i: f for i, f in self.plan.reused.items()}
         labels = row_labels(self.manifest)
         rows = {row.index: row for row in self.plan.todo}
         jobs = [self._job(row) for row in self.plan.todo]
-        executor = self.executor or ThreadExecutor(self.execution.workers)
+        executor = self.executor or make_executor(self.execution)
         scorer = self.scorer or RowScorer()
         bar = Progress(len(self.manifest), len(results), self.progress)
         journal = Journal(self.out_dir / JOURNAL_NAME) if self.out_dir is not None else None
         stop = StopRequest()
+        running: dict[int, str] = {}
+        failed = False
         interrupted: int | None = None
 
         def on_start(job: RowJob) -> None:
-            stop.current = f"subject {job.subject_id!r}"
+            running[job.index] = f"subject {job.subject_id!r}"
+            stop.current = _running(running)
             bar.start(labels[job.index])
 
-        stream = executor.run(jobs, scorer, self.settings, self.execution, on_start)
+        def stopping() -> bool:
+            return stop.signum is not None or (self.fail_fast and failed)
+
+        stream = executor.run(jobs, scorer, self.settings, self.execution, on_start, stopping)
         try:
             with catch_signals(stop):
                 for result in stream:
                     fields = self._record(rows[result.index], result, journal)
                     results[result.index] = fields
+                    running.pop(result.index, None)
+                    stop.current = _running(running)
                     bar.done(result.ok)
-                    if stop.signum is not None:
-                        interrupted = stop.signum
-                        break
-                    if self.fail_fast and not result.ok:
-                        break
+                    failed = failed or not result.ok
+                interrupted = stop.signum
         except KeyboardInterrupt:
             interrupted = stop.signum or signal.SIGINT
         finally:
@@ -145,15 +162,17 @@ class Batch:
         columns = output_columns(self.manifest.columns, settings.metrics or (),
                                  save_maps=settings.save_maps)
         setting_values = settings.columns()
+        by_index = {row.index: row for row in self.manifest.rows}
         done = []
         for i in sorted(results):
-            row = dict(self.manifest.rows[i].values)
+            row = dict(by_index[i].values)
             row.update(setting_values)
             row.update(results[i])
             done.append(row)
         meta = dict(self.meta or {})
         meta.update(rows_total=len(self.manifest), rows_done=len(done),
-                    rows_ok=sum(r.get("status") == "ok" for r in done))
+                    rows_ok=sum(r.get("status") == "ok" for r in done),
+                    row_index=sorted(results))
         table = build_table(done, columns, meta)
         if self.out_dir is not None:
             write_tables(table, self.out_dir)

@@ -1,29 +1,69 @@
-"""Executors: how the rows of a batch are spread over threads (and, later, processes or hosts).
+"""Executors: how the rows of a batch are spread over threads, processes or hosts.
 
 An executor takes the jobs and yields one :class:`~.row.RowResult` per job. It never knows a
 metric: it only calls the scorer's stages. The batch loop alone owns the journal, the
 progress bar, signals and the tables.
+
+- :class:`ThreadExecutor` (``--executor threads``, the default): read-ahead threads of this
+  process; the engine stage runs in the calling thread.
+- :class:`~.processes.ProcessExecutor` (``--executor processes --jobs N``): N worker
+  processes of this machine, each scoring whole rows.
+- :class:`~.cluster.DaskExecutor` (``--executor dask --scheduler ADDRESS``): the workers of a
+  ``dask.distributed`` cluster.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Protocol
 
 from ..execution import Execution
 from ..settings import Settings
+from .cache import ReadCache
 from .row import Prepared, RowFailure, RowJob, RowResult, RowScorer
 
-__all__ = ["Executor", "ThreadExecutor"]
+__all__ = ["Executor", "ThreadExecutor", "make_executor", "torch_threads"]
 
 
 class Executor(Protocol):
-    """Runs jobs; yields their results (each once, in any order)."""
+    """Runs jobs; yields their results (each once, in any order).
+
+    ``on_start(job)`` is called when a job is handed to a worker. ``stopping()`` is polled
+    before a job is started: once it returns True the executor starts no new job, yields the
+    results of the jobs already running and ends (SIGINT/SIGTERM, ``--fail-fast``).
+    """
 
     def run(self, jobs: Sequence[RowJob], scorer: RowScorer, settings: Settings,
-            execution: Execution, on_start: Callable[[RowJob], None] | None = None
-            ) -> Iterator[RowResult]: ...
+            execution: Execution, on_start: Callable[[RowJob], None] | None = None,
+            stopping: Callable[[], bool] | None = None) -> Iterator[RowResult]: ...
+
+
+def make_executor(execution: Execution) -> Executor:
+    """The executor ``execution.executor`` names, configured from ``execution``."""
+    if execution.executor == "processes":
+        from .processes import ProcessExecutor
+
+        return ProcessExecutor(execution.jobs)
+    if execution.executor == "dask":
+        from .cluster import DaskExecutor
+
+        return DaskExecutor(execution.scheduler)  # type: ignore[arg-type]
+    return ThreadExecutor(execution.workers)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous number."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class ThreadExecutor:
@@ -32,30 +72,39 @@ class ThreadExecutor:
     The next ``workers`` rows are prepared (read, aligned, normalised, CPU metrics) in
     background threads while the engine stage of the current row runs in the calling thread;
     results come in manifest order. ``workers=0`` does everything in the calling thread.
+    References and masks are read through one :class:`~.cache.ReadCache` per run. The engine
+    runs with :meth:`Execution.torch_threads` threads for one computation (all usable cores
+    unless ``threads`` is set): the read-ahead threads spend most of their time in
+    decompression, which releases the GIL but, on a machine with few cores, competes for them.
     """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
 
     def run(self, jobs: Sequence[RowJob], scorer: RowScorer, settings: Settings,
-            execution: Execution, on_start: Callable[[RowJob], None] | None = None
-            ) -> Iterator[RowResult]:
+            execution: Execution, on_start: Callable[[RowJob], None] | None = None,
+            stopping: Callable[[], bool] | None = None) -> Iterator[RowResult]:
         pool = ThreadPoolExecutor(max_workers=self.workers) if self.workers else None
         pending: dict[int, Future[Prepared]] = {}
+        cache = ReadCache()
         try:
-            for j, job in enumerate(jobs):
-                if pool is not None:
-                    for k in range(j, min(j + self.workers + 1, len(jobs))):
-                        if k not in pending:
-                            pending[k] = pool.submit(scorer.prepare, jobs[k], settings)
-                if on_start is not None:
-                    on_start(job)
-                try:
-                    prepared = (pending.pop(j).result() if pool is not None
-                                else scorer.prepare(job, settings))
-                    yield scorer.finish(prepared, settings, execution)
-                except RowFailure as failure:
-                    yield scorer.failed(job, failure)
+            with torch_threads(execution.torch_threads(1)):
+                for j, job in enumerate(jobs):
+                    if stopping is not None and stopping():
+                        return
+                    if pool is not None:
+                        for k in range(j, min(j + self.workers + 1, len(jobs))):
+                            if k not in pending:
+                                pending[k] = pool.submit(scorer.prepare, jobs[k], settings,
+                                                         cache)
+                    if on_start is not None:
+                        on_start(job)
+                    try:
+                        prepared = (pending.pop(j).result() if pool is not None
+                                    else scorer.prepare(job, settings, cache))
+                        yield scorer.finish(prepared, settings, execution)
+                    except RowFailure as failure:
+                        yield scorer.failed(job, failure)
         finally:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)

@@ -13,7 +13,9 @@ Both raise :class:`RowFailure`, whose message names the subject, the file and th
 :meth:`RowScorer.score` turns a failure into an ``error`` row. A volqa error
 (:class:`~volqa.errors.VolqaError`) gives its message; any other exception is a bug and is
 recorded with its type name. Subclass :class:`RowScorer` and override
-:meth:`~RowScorer.engine_metrics` to observe or replace the engine (tests do).
+:meth:`~RowScorer.engine_metrics` to observe or replace the engine (tests do). An executor may
+pass a :class:`~.cache.ReadCache`, through which references and masks are read (a reference
+listed for several rows is then read once).
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from ..execution import Execution
 from ..io.volume import Volume
 from ..schema import METRICS
 from ..settings import Settings
+from .cache import ReadCache
 from .context import PairContext
 from .devices import run_with_oom_fallback
 
-__all__ = ["RowJob", "RowResult", "Prepared", "EngineResult", "RowFailure", "RowScorer"]
+__all__ = ["RowJob", "RowResult", "Prepared", "EngineResult", "RowFailure", "WorkerLost",
+           "RowScorer"]
 
 Source = str | os.PathLike[str] | Volume
 
@@ -124,6 +128,10 @@ class RowFailure(Exception):
         self.seconds = seconds
 
 
+class WorkerLost(VolqaError):
+    """The process or machine scoring a row died (killed, out of memory, crashed)."""
+
+
 def _message(job: RowJob, role: str | None, exc: BaseException) -> str:
     files = job.files()
     msg = str(exc) if isinstance(exc, VolqaError) else f"{type(exc).__name__}: {exc}"
@@ -135,12 +143,14 @@ def _message(job: RowJob, role: str | None, exc: BaseException) -> str:
     return f"{head}: {msg}"
 
 
-def _read(source: Source, role: str) -> Volume:
+def _read(source: Source, role: str, cache: ReadCache | None = None) -> Volume:
     from ..io.readers import read_volume
 
     if isinstance(source, Volume):
         return source
     if isinstance(source, str | os.PathLike):
+        if cache is not None and role != "test":  # a test is listed once; keep the budget
+            return cache.get(source, lambda: read_volume(source))
         return read_volume(source)
     raise SettingsError(f"{role} must be a path or a volqa.io.Volume; got {type(source).__name__}.")
 
@@ -154,12 +164,19 @@ def _selected(settings: Settings) -> list[Any]:
 class RowScorer:
     """Scores rows; stateless, so one instance serves every thread or worker process."""
 
-    def score(self, job: RowJob, settings: Settings, execution: Execution) -> RowResult:
+    def score(self, job: RowJob, settings: Settings, execution: Execution,
+              cache: ReadCache | None = None) -> RowResult:
         """Both stages; a failure becomes an ``error`` row (never raises for a bad row)."""
         try:
-            return self.finish(self.prepare(job, settings), settings, execution)
+            return self.finish(self.prepare(job, settings, cache), settings, execution)
         except RowFailure as failure:
             return self.failed(job, failure)
+
+    def lost(self, job: RowJob, why: str) -> RowResult:
+        """The ``error`` row of a job whose worker died: ``why`` says how (the executor
+        knows it, the row does not)."""
+        cause = WorkerLost(why)
+        return self.failed(job, RowFailure(_message(job, None, cause), cause))
 
     def failed(self, job: RowJob, failure: RowFailure) -> RowResult:
         """The ``error`` row for a failure (no metric, not even those already computed)."""
@@ -168,8 +185,10 @@ class RowScorer:
                       notes="; ".join(failure.notes) or None, volqa_version=__version__)
         return RowResult(job.index, fields)
 
-    def prepare(self, job: RowJob, settings: Settings) -> Prepared:
-        """Read, align, normalise and compute the CPU metrics of one row.
+    def prepare(self, job: RowJob, settings: Settings, cache: ReadCache | None = None
+                ) -> Prepared:
+        """Read, align, normalise and compute the CPU metrics of one row (the reference and
+        the mask through ``cache`` when one is given).
 
         Raises
         ------
@@ -184,7 +203,7 @@ class RowScorer:
         notes: list[str] = []
         role: str | None = "reference"
         try:
-            ref_v = _read(job.reference, "reference")
+            ref_v = _read(job.reference, "reference", cache)
             fields["shape"] = "x".join(str(n) for n in ref_v.shape)
             fields["spacing"] = "x".join(f"{s:g}" for s in ref_v.spacing)
             role = "test"
@@ -192,7 +211,7 @@ class RowScorer:
             mask_v = None
             if job.mask is not None:
                 role = "mask"
-                mask_v = _read(job.mask, "mask")
+                mask_v = _read(job.mask, "mask", cache)
             role = None
             test_v, mask_v, alignment = align_to_reference(ref_v, test_v, mask_v,
                                                            resample=settings.resample)
