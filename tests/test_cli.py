@@ -51,8 +51,8 @@ def test_bundled_manifest_end_to_end(tmp_path: Path) -> None:
     expected = manifest_cols + [
         "status", "error", "ssim", "ssim_masked", "psnr", "nrmse", "mae", "mse", "shape",
         "spacing", "data_range", "normalize", "window", "win_size", "sigma", "covariance",
-        "border", "preset", "k1", "k2", "reoriented", "resampled", "device", "seconds",
-        "notes", "volqa_version",
+        "border", "preset", "k1", "k2", "reoriented", "resampled", "device", "host",
+        "seconds", "notes", "volqa_version",
     ]  # fmt: skip
     assert list(df.columns) == expected
     schema = table.schema

@@ -213,6 +213,7 @@ ROW_COLUMNS_AFTER: tuple[Column, ...] = (
     Column("reoriented", "string", "axis permutation/flip applied to test/mask"),
     Column("resampled", "bool", "test/mask resampled onto the reference grid"),
     Column("device", "string", "where SSIM ran"),
+    Column("host", "string", "machine that computed the row (its host name)"),
     Column("seconds", "float64", "wall time of the row"),
     Column("notes", "string", "non-fatal findings"),
     Column("ssim_map", "string", "saved SSIM map, relative to the output folder"),

@@ -8,6 +8,7 @@ type column), so flags read ``--resample`` rather than ``--resample <bool>``.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
@@ -23,7 +24,7 @@ class Command(TyperCommand):
 
     def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
         pieces = super().collect_usage_pieces(ctx)
-        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
+        return [re.sub(r"^\{(.*)\}(\.\.\.)?$", r"\1\2", p) for p in pieces]
 
     def format_help(self, ctx: typer.Context, formatter) -> None:  # type: ignore[override]
         from .options import metrics_help
@@ -63,9 +64,10 @@ def _root(
 
 
 def _register() -> None:
-    from . import demo, score
+    from . import demo, merge, score
 
     app.command("score", cls=Command, epilog=score.EPILOG)(score.score)
+    app.command("merge", cls=Command, epilog=merge.EPILOG)(merge.merge)
     app.add_typer(demo.demo_app, name="demo")
 
 

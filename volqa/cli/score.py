@@ -24,8 +24,11 @@ from .options import (
     DataRangeOpt,
     Device,
     DeviceOpt,
+    ExecutorName,
+    ExecutorOpt,
     FailFastOpt,
     IntensityWindowOpt,
+    JobsOpt,
     K1Opt,
     K2Opt,
     ManifestArg,
@@ -41,10 +44,13 @@ from .options import (
     ResampleOpt,
     ResumeOpt,
     SaveMapsOpt,
+    SchedulerOpt,
+    ShardOpt,
     SigmaOpt,
     Ssim2dOpt,
     SsimWindowOpt,
     StrictOpt,
+    ThreadsOpt,
     WinSizeOpt,
     WorkersOpt,
     pair,
@@ -57,6 +63,8 @@ EPILOG = ("Exit status: 0 every row scored; 1 some rows failed (the others are i
 # command-line parameter -> option name of Settings/Execution.from_options
 _RENAMED = {"ssim_window": "window"}
 _RUN_CONTROL = {"manifest", "out", "resume", "overwrite", "fail_fast", "strict", "progress"}
+# execution options repeated in the printed resume command when they were given
+_RESUME_KEEPS = ("executor", "jobs", "threads", "scheduler", "shard")
 
 
 def score(
@@ -82,6 +90,11 @@ def score(
     resample: ResampleOpt = False,
     save_maps: SaveMapsOpt = False,
     workers: WorkersOpt = Execution.workers,
+    executor: ExecutorOpt = ExecutorName(Execution.executor),
+    jobs: JobsOpt = None,
+    threads: ThreadsOpt = None,
+    shard: ShardOpt = None,
+    scheduler: SchedulerOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     fail_fast: FailFastOpt = False,
@@ -103,6 +116,9 @@ def score(
         given["intensity_window"] = pair(given["intensity_window"], "--window LEVEL,WIDTH")
     options = {_RENAMED.get(k, k): v for k, v in given.items()}
     resume_argv = ["volqa", "score", str(manifest), "--out", str(out), "--resume"]
+    for name in _RESUME_KEEPS:  # how the run was carried out, if given: the same again
+        if name in given:
+            resume_argv += [f"--{name}", str(given[name])]
     try:
         frame = score_manifest(manifest, out=out, resume=resume, overwrite=overwrite,
                                fail_fast=fail_fast, strict=strict, progress=progress, **options)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -263,7 +264,7 @@ class ProcessExecutor:
                             workers[w.slot] = spawn(w.slot)
                         else:
                             del workers[w.slot]
-                        result = scorer.lost(job, why)
+                        result = scorer.lost(job, why, socket.gethostname())
                     yield result
         finally:
             _shutdown(list(workers.values()), graceful=finished)

@@ -21,6 +21,7 @@ listed for several rows is then read once).
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -172,16 +173,19 @@ class RowScorer:
         except RowFailure as failure:
             return self.failed(job, failure)
 
-    def lost(self, job: RowJob, why: str) -> RowResult:
+    def lost(self, job: RowJob, why: str, host: str | None) -> RowResult:
         """The ``error`` row of a job whose worker died: ``why`` says how (the executor
-        knows it, the row does not)."""
+        knows it, the row does not); ``host`` is the dead worker's machine, if known."""
         cause = WorkerLost(why)
-        return self.failed(job, RowFailure(_message(job, None, cause), cause))
+        result = self.failed(job, RowFailure(_message(job, None, cause), cause))
+        result.fields["host"] = host
+        return result
 
     def failed(self, job: RowJob, failure: RowFailure) -> RowResult:
         """The ``error`` row for a failure (no metric, not even those already computed)."""
         fields = {k: v for k, v in failure.fields.items() if k not in METRICS}
         fields.update(status="error", error=str(failure), seconds=failure.seconds,
+                      host=socket.gethostname(),
                       notes="; ".join(failure.notes) or None, volqa_version=__version__)
         return RowResult(job.index, fields)
 
@@ -258,7 +262,8 @@ class RowScorer:
             raise RowFailure(_message(p.job, None, exc), exc, fields, notes,
                              p.seconds + time.perf_counter() - t0) from exc
         notes += retries + result.notes
-        fields.update(result.values, status="ok", error=None, device=device)
+        fields.update(result.values, status="ok", error=None, device=device,
+                      host=socket.gethostname())
         if keep_map and result.map is not None:
             try:
                 _save_map(result.map, p.reference, Path(p.job.map_path))  # type: ignore[arg-type]
