@@ -1,7 +1,8 @@
 """The processes executor: worker processes of this machine, each scoring whole rows.
 
-``--executor processes --jobs N`` starts N worker processes (``spawn``: torch and ``fork`` do
-not mix) that each read, align, normalise and score whole rows, so decompression, which holds
+``--executor processes --jobs N`` starts N worker processes (forked from a ``forkserver``
+that has imported volqa and torch but run nothing, or ``spawn`` where there is none: a fork of
+a process whose torch has started threads or CUDA is unsafe) that each read, align, normalise and score whole rows, so decompression, which holds
 one core per file, runs N files at a time. The main process alone owns the journal, the
 progress bar, signals, ordering and the tables; results arrive in any order and are
 journaled as they arrive.
@@ -87,12 +88,27 @@ def death_reason(exitcode: int | None, pid: int | None) -> str:
     return f"{who} exited with status {exitcode}; the batch went on with a new worker"
 
 
+def _context() -> Any:
+    """``forkserver`` where there is one (a server process imports volqa and torch once, then
+    forks each worker from that clean state: no threads, no CUDA), else ``spawn``."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 def _exit_with_parent(parent: int) -> None:
-    """Exit this worker when its main process is gone (it would otherwise finish its row)."""
+    """Exit this worker when the main process ``parent`` is gone (it would otherwise finish
+    its row; a fork server's worker is not the main process's child, so ask for the pid)."""
     def watch() -> None:
         while True:
             time.sleep(0.5)
-            if os.getppid() != parent:
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # the pid went to another user's process
                 os._exit(1)
     threading.Thread(target=watch, daemon=True, name="volqa-parent-watch").start()
 
@@ -214,7 +230,7 @@ class ProcessExecutor:
         n = min(self.jobs or default_jobs(device), len(jobs))
         gpus = gpu_assignment(n, default_jobs(device) if device == "cuda" else 0)
         threads = execution.torch_threads(n)
-        ctx = multiprocessing.get_context("spawn")
+        ctx = _context()
 
         def spawn(slot: int) -> _Worker:
             mine, theirs = ctx.Pipe()
@@ -249,9 +265,11 @@ class ProcessExecutor:
                 if not busy:
                     finished = True
                     return
-                ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+                # a result, or EOF when the worker died (not the sentinel: a fork server's
+                # sentinel also fires when the server dies, e.g. of a SIGTERM to the group)
+                ready = set(wait([w.conn for w in busy]))
                 for w in busy:
-                    if w.conn not in ready and w.process.sentinel not in ready:
+                    if w.conn not in ready:
                         continue
                     job = w.job
                     assert job is not None
@@ -273,14 +291,20 @@ class ProcessExecutor:
 def _shutdown(workers: list[_Worker], graceful: bool) -> None:
     """Stop the workers: ask them to exit (graceful) or kill them; reap them all."""
     for w in workers:
-        if graceful and w.process.is_alive():
-            w.send(None)
-        else:
-            w.process.kill()
+        if not (graceful and w.send(None)):
+            _kill(w)
     deadline = time.monotonic() + _JOIN_SECONDS
     for w in workers:
         w.process.join(max(0.0, deadline - time.monotonic()))
         if w.process.is_alive():
-            w.process.kill()
+            _kill(w)
             w.process.join()
         w.conn.close()
+
+
+def _kill(w: _Worker) -> None:
+    # by pid: after its fork server died, multiprocessing thinks a worker has exited
+    try:
+        os.kill(w.process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, TypeError):
+        pass
