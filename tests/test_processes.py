@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
-from executor_helpers import ROOT, KillOn, Slow, comparable, journal_rows, wait_for
+from executor_helpers import ROOT, KillOn, comparable, journal_rows, wait_for
 from pipeline_data import make_batch
 from typer.testing import CliRunner
 
@@ -132,7 +132,8 @@ def test_a_killed_worker_process_fails_its_row_then_resume_completes(batch, tmp_
     done = pd.read_csv(out / "results.csv")
     assert len(done) == 6
     failed = done[done["status"] == "error"]
-    assert len(failed) == 1 and f"(pid {victim.pid}) was killed by SIGKILL" in failed["error"].iloc[0]
+    assert len(failed) == 1
+    assert f"(pid {victim.pid}) was killed by SIGKILL" in failed["error"].iloc[0]
     assert "Traceback" not in stderr
 
     proc, calls = _start(tmp_path, manifest, out, "--resume", delay=0.0)

@@ -1,11 +1,12 @@
 """The processes executor: worker processes of this machine, each scoring whole rows.
 
-``--executor processes --jobs N`` starts N worker processes (forked from a ``forkserver``
-that has imported volqa and torch but run nothing, or ``spawn`` where there is none: a fork of
-a process whose torch has started threads or CUDA is unsafe) that each read, align, normalise and score whole rows, so decompression, which holds
-one core per file, runs N files at a time. The main process alone owns the journal, the
-progress bar, signals, ordering and the tables; results arrive in any order and are
-journaled as they arrive.
+``--executor processes --jobs N`` starts N worker processes that each read, align, normalise
+and score whole rows, so decompression, which holds one core per file, runs N files at a time.
+Workers are forked from a ``forkserver`` that has imported volqa and torch but run nothing
+(``spawn`` where there is none): forking a process whose torch has started threads or CUDA is
+unsafe, and a fork server starts a worker, or replaces a dead one, in milliseconds. The main
+process alone owns the journal, the progress bar, signals, ordering and the tables; results
+arrive in any order and are journaled as they arrive.
 
 Scheduling. Each worker holds one row at a time, so the executor always knows which row each
 worker is computing. Consecutive rows that share a reference (a study lists each reference
