@@ -137,8 +137,8 @@ def score_manifest(
     resume : bool, default False
         Continue the batch in ``out``: the settings (and the shard) come from
         ``out/settings.json``, options given here override them (rows whose settings then
-        differ are computed again, and the report says so); rows of ``out/journal.jsonl`` that finished ``ok`` with the same
-        subject, inputs and settings are reused.
+        differ are computed again, and the report says so); rows of ``out/journal.jsonl``
+        that finished ``ok`` with the same subject, inputs and settings are reused.
     overwrite : bool, default False
         Start again in a non-empty ``out`` (deletes volqa's own files there only).
     fail_fast : bool, default False
