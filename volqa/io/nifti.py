@@ -44,7 +44,9 @@ def read_nifti(path: Path, source: str) -> Volume:
         data = np.asarray(image.dataobj)  # applies scl_slope / scl_inter in floating point
     except (OSError, ValueError) as e:
         raise read_error(source, f"cannot read the voxel data ({e})") from None
-    array = as_3d(data, source).astype(np.float32)
+    # one copy into C order: NIfTI data is stored Fortran-ordered, and every consumer (the
+    # SSIM engine, the error sums) works in slabs along the first axis
+    array = np.array(as_3d(data, source), dtype=np.float32, order="C")
     return Volume(array, image.affine, source)
 
 

@@ -31,8 +31,8 @@ class Volume:
     Parameters
     ----------
     array : (I, J, K) float32 ndarray
-        Voxel values in nibabel's index order ``(i, j, k)``. Other float or integer dtypes
-        are converted to float32.
+        Voxel values in nibabel's index order ``(i, j, k)``, C-contiguous. Other float or
+        integer dtypes, and other memory layouts, are converted.
     affine : (4, 4) float64 ndarray
         Maps a voxel index ``(i, j, k, 1)`` to world RAS+ millimetres.
     source : str
@@ -48,7 +48,7 @@ class Volume:
     notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        array = np.asarray(self.array, dtype=np.float32)
+        array = np.ascontiguousarray(self.array, dtype=np.float32)
         affine = np.asarray(self.affine, dtype=np.float64)
         if array.ndim != 3:
             raise ValueError(f"Volume needs a 3-D array, got shape {array.shape} ({self.source})")

@@ -23,6 +23,7 @@ thread).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -163,7 +164,8 @@ def _connect(scheduler: str, local: int | None) -> Iterator[Any]:
 
     if local is not None:
         with LocalCluster(n_workers=local, threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=None) as cluster, \
+                          host="127.0.0.1", dashboard_address=None,
+                          silence_logs=logging.ERROR) as cluster, \
                 Client(cluster) as client:
             yield client
         return

@@ -73,9 +73,10 @@ class ThreadExecutor:
     background threads while the engine stage of the current row runs in the calling thread;
     results come in manifest order. ``workers=0`` does everything in the calling thread.
     References and masks are read through one :class:`~.cache.ReadCache` per run. The engine
-    runs with :meth:`Execution.torch_threads` threads for one computation (all usable cores
-    unless ``threads`` is set): the read-ahead threads spend most of their time in
-    decompression, which releases the GIL but, on a machine with few cores, competes for them.
+    runs with ``threads`` torch threads, by default the usable cores divided among the
+    ``1 + workers`` concurrent computations (:meth:`Execution.torch_threads`): the read-ahead
+    threads decompress, which releases the GIL and takes a core each, and torch threads that
+    wait for a busy core slow the engine down several times.
     """
 
     def __init__(self, workers: int) -> None:
@@ -88,7 +89,7 @@ class ThreadExecutor:
         pending: dict[int, Future[Prepared]] = {}
         cache = ReadCache()
         try:
-            with torch_threads(execution.torch_threads(1)):
+            with torch_threads(execution.torch_threads(1 + self.workers)):
                 for j, job in enumerate(jobs):
                     if stopping is not None and stopping():
                         return
