@@ -15,7 +15,7 @@ import pandas as pd
 import psutil
 import pytest
 from executor_helpers import ROOT, KillOn, comparable, journal_rows, wait_for
-from pipeline_data import make_batch
+from pipeline_data import degrade, make_batch, phantom, write_manifest, write_nii
 from typer.testing import CliRunner
 
 import volqa
@@ -57,6 +57,20 @@ def test_a_row_that_kills_its_worker_fails_alone_and_the_batch_goes_on(batch, tm
     keep = [0, 1, 3, 4, 5]
     pd.testing.assert_frame_equal(comparable(got).loc[keep], comparable(expected).loc[keep],
                                   check_dtype=False)  # the error row's nulls make object columns
+
+
+def test_torch_threads_never_change_a_number(tmp_path) -> None:
+    """Every executor picks its own torch threads; the values must not follow them (volumes
+    large enough for torch to split its sums among threads)."""
+    ref = phantom(3, (64, 64, 48))
+    rows = [{"subject_id": f"s{i}", "reference": "ref.nii.gz", "test": f"t{i}.nii.gz"}
+            for i in range(2)]
+    write_nii(tmp_path / "ref.nii.gz", ref)
+    for i in range(2):
+        write_nii(tmp_path / f"t{i}.nii.gz", degrade(ref, i, 10.0))
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    one, two = (volqa.score_manifest(manifest, workers=0, threads=t) for t in (1, 2))
+    pd.testing.assert_frame_equal(comparable(one), comparable(two), check_exact=True)
 
 
 def test_death_reasons() -> None:
