@@ -207,3 +207,57 @@ def test_merge_refuses_a_folder_that_is_not_a_part(study, tmp_path) -> None:
     result = merge(part, "--out", tmp_path / "m")
     assert result.exit_code == 2 and "has no results.parquet" in result.stderr
     assert "--resume" in result.stderr
+
+
+FAKE_SBATCH = '''#!/usr/bin/env python3
+"""sbatch for the test: runs the job at once (an array's tasks one after the other, as the
+dependency afterany would let the next job wait for), logs its options, prints a job id."""
+import os, subprocess, sys
+args, opts = sys.argv[1:], {}
+while args and args[0].startswith("--"):
+    key, _, value = args.pop(0)[2:].partition("=")
+    opts[key] = value
+with open(os.environ["FAKE_SBATCH_LOG"], "a") as fh:
+    fh.write(repr(sorted(opts.items())) + "\\n")
+lo, _, hi = opts.get("array", "0-0").partition("-")
+for task in range(int(lo), int(hi or lo) + 1):
+    env = dict(os.environ, SLURM_CPUS_PER_TASK="1")
+    if "array" in opts:
+        env["SLURM_ARRAY_TASK_ID"] = str(task)
+    with open(opts["output"].replace("%a", str(task)), "w") as log:
+        subprocess.run(["bash", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+print("1001" if "array" in opts else "1002;cluster")
+'''
+
+
+@pytest.mark.slow
+def test_slurm_array_script_scores_shards_then_merges(study, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from executor_helpers import ROOT
+
+    manifest, single = study
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(ROOT), "VOLQA": f"{sys.executable} -m volqa.cli",
+           "FAKE_SBATCH_LOG": str(tmp_path / "sbatch.log"), "VOLQA_SBATCH": "--partition=cpu"}
+    out = tmp_path / "run"
+    done = subprocess.run(["bash", str(ROOT / "scripts/slurm_array.sh"), "submit",
+                           str(manifest), str(out), "2"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "submitted array job 1001 (2 shards) and merge job 1002" in done.stdout
+    calls = (tmp_path / "sbatch.log").read_text().splitlines()
+    XX and "('partition', 'cpu')" in calls[0]
+    assert "('dependency', 'afterany:1001')" in calls[1]
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "merged", "part-0", "part-1"]
+    merged = pd.read_parquet(out / "merged/results.parquet")
+    pd.testing.assert_frame_equal(comparable(merged),
+                                  comparable(pd.read_parquet(single / "results.parquet")))
+    assert json.loads((out / "part-1/settings.json").read_text())["shard"] == {
+        "index": 1, "count": 2}
