@@ -253,7 +253,7 @@ def test_slurm_array_script_scores_shards_then_merges(study, tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert "submitted array job 1001 (2 shards) and merge job 1002" in done.stdout
     calls = (tmp_path / "sbatch.log").read_text().splitlines()
-    XX and "('partition', 'cpu')" in calls[0]
+    assert "('array', '0-1')" in calls[0] and "('partition', 'cpu')" in calls[0]
     assert "('dependency', 'afterany:1001')" in calls[1]
     assert sorted(p.name for p in out.iterdir()) == ["logs", "merged", "part-0", "part-1"]
     merged = pd.read_parquet(out / "merged/results.parquet")
