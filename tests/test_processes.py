@@ -22,7 +22,7 @@ import volqa
 from volqa.cli import app
 from volqa.errors import SettingsError
 from volqa.execution import Execution
-from volqa.pipeline import RowJob
+from volqa.pipeline import RowJob, RowScorer
 from volqa.pipeline.processes import _Dispatch, death_reason, default_jobs, gpu_assignment
 
 cli = CliRunner()
@@ -71,6 +71,15 @@ def test_torch_threads_never_change_a_number(tmp_path) -> None:
     manifest = write_manifest(tmp_path / "m.csv", rows)
     one, two = (volqa.score_manifest(manifest, workers=0, threads=t) for t in (1, 2))
     pd.testing.assert_frame_equal(comparable(one), comparable(two), check_exact=True)
+
+
+def test_a_scorer_that_cannot_reach_the_workers_is_a_settings_error(batch) -> None:
+    class Local(RowScorer):  # a class inside a function cannot be pickled
+        pass
+
+    with pytest.raises(SettingsError, match="cannot be sent to worker processes.*--executor "
+                                            "threads"):
+        volqa.score_manifest(batch[0], executor="processes", jobs=1, scorer=Local())
 
 
 def test_death_reasons() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from executor_helpers import comparable
+from executor_helpers import Slow, comparable
 from pipeline_data import make_batch
 from typer.testing import CliRunner
 
@@ -19,7 +19,6 @@ import volqa
 from volqa.cli import app
 from volqa.errors import SettingsError
 from volqa.io.manifest import read_manifest
-from volqa.pipeline import RowScorer
 from volqa.pipeline.shards import select_shard, shard_indices
 
 cli = CliRunner()
@@ -88,22 +87,13 @@ def test_n_shards_then_merge_equal_one_run(study, tmp_path) -> None:
     assert again.attrs["volqa"]["resume"]["reasons"] == {"failed before": 1}
 
 
-class Counting(RowScorer):
-    def __init__(self) -> None:
-        self.n = 0
-
-    def engine_metrics(self, *args, **kwargs):
-        self.n += 1
-        return super().engine_metrics(*args, **kwargs)
-
-
 def test_a_shard_resumes_on_its_own(study, tmp_path) -> None:
     manifest, _ = study
     out = tmp_path / "part-1"
     assert score(manifest, "--out", out, "--shard", "1/3").exit_code == 0
-    calls = Counting()
-    again = volqa.score_manifest(manifest, out=out, resume=True, scorer=calls)  # no shard given
-    assert calls.n == 0 and again["subject_id"].tolist() == ["sub-01", "sub-04"]
+    log = tmp_path / "calls.log"
+    again = volqa.score_manifest(manifest, out=out, resume=True, scorer=Slow(0, log))  # no --shard
+    assert not log.exists() and again["subject_id"].tolist() == ["sub-01", "sub-04"]
     with pytest.raises(SettingsError, match=r"holds the results of shard 1/3, but --shard 0/3"):
         volqa.score_manifest(manifest, out=out, resume=True, shard="0/3")
     result = score(manifest, "--out", out, "--resume", "--shard", "2/3")

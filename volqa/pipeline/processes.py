@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import signal
 import socket
 import threading
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from ..errors import SettingsError
 from ..execution import Execution, usable_cores
 from ..settings import Settings
 from .cache import ReadCache
@@ -246,7 +248,14 @@ class ProcessExecutor:
         workers: dict[int, _Worker] = {}
         finished = False
         try:
-            workers.update((k, spawn(k)) for k in range(n))
+            try:
+                workers[0] = spawn(0)
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                raise SettingsError(
+                    f"the row scorer cannot be sent to worker processes ({type(exc).__name__}: "
+                    f"{exc}); define it in an importable module, or use --executor threads."
+                ) from None
+            workers.update((k, spawn(k)) for k in range(1, n))
             while True:
                 if not (stopping is not None and stopping()):
                     for slot, w in list(workers.items()):
