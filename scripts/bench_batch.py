@@ -14,7 +14,9 @@ rate at which the same files can merely be read, per executor, for 1 and 2 worke
    (a pool of W processes each reading whole pairs: the same files, the same parallelism)
    against ``volqa.score_manifest`` with each executor and W workers (threads: W read-ahead
    threads; processes: W worker processes; dask: ``local:W``), as pairs/s and as a ratio to
-   the read rate. Executor start-up (worker processes, a Dask cluster) is included.
+   the read rate. The rate is the marginal one, (K - 1) / (T_K - T_1) with T_1 the time of a
+   one-row run, so the start-up a long batch pays once (worker processes, a Dask cluster) is
+   left out; the one-row times are printed too.
 3. Torch threads: the default against every other setting for the threads executor (W = 2
    read-ahead threads) and the processes executor (W = 2 jobs); the default should be within
    10 % of the best.
@@ -166,7 +168,7 @@ def read_rate(manifest: Path, workers: int) -> float:
         return len(pairs) / (time.perf_counter() - start)
 
 
-def score_rate(manifest: Path, **options) -> float:
+def run_seconds(manifest: Path, **options) -> float:
     import volqa
 
     start = time.perf_counter()
@@ -174,7 +176,23 @@ def score_rate(manifest: Path, **options) -> float:
     elapsed = time.perf_counter() - start
     if (frame["status"] != "ok").any():
         raise SystemExit(f"rows failed: {frame['error'].dropna().tolist()[:3]}")
-    return len(frame) / elapsed
+    return elapsed
+
+
+def first_rows(manifest: Path, n: int) -> Path:
+    """A manifest of the first ``n`` rows (absolute paths), beside the data."""
+    lines = manifest.read_text().splitlines()
+    out = manifest.with_name(f"first{n}.csv")
+    out.write_text("\n".join(lines[: n + 1]) + "\n")
+    return out
+
+
+def score_rate(manifest: Path, **options) -> tuple[float, float]:
+    """(pairs/s once running, seconds of a one-row run): the marginal rate (K - 1) / (T_K -
+    T_1) leaves out the start-up (processes, a Dask cluster) that a long batch pays once."""
+    rows = sum(1 for _ in open(manifest)) - 1
+    one = run_seconds(first_rows(manifest, 1), **options)
+    return (rows - 1) / max(1e-9, run_seconds(manifest, **options) - one), one
 
 
 def executor_options(executor: str, workers: int) -> dict:
@@ -188,29 +206,34 @@ def executor_options(executor: str, workers: int) -> dict:
 def batch(manifest: Path, workers: list[int], executors: list[str]) -> None:
     import volqa
 
-    volqa.score_manifest(manifest, executor="processes", jobs=1, device="cpu")  # fork server
+    volqa.score_manifest(first_rows(manifest, 1), executor="processes", jobs=1)  # fork server
     rows = sum(1 for _ in open(manifest)) - 1
-    print(f"\nBatch of {rows} pairs; rates in pairs/s (ratio to the read rate), load {load()}:")
+    print(f"\nBatch of {rows} pairs; pairs/s once running, (K - 1) / (T_K - T_1), and the "
+          f"ratio to the read rate; load {load()}:")
     print(f"{'workers':<9}{'read only':>11}" + "".join(f"{e:>20}" for e in executors))
+    firsts = {}
     for w in workers:
         read = read_rate(manifest, w)
         cells = []
         for e in executors:
-            rate = score_rate(manifest, **executor_options(e, w))
+            rate, firsts[e, w] = score_rate(manifest, **executor_options(e, w))
             cells.append(f"{rate:.2f} ({rate / read:.2f})")
         print(f"{w:<9}{read:11.2f}" + "".join(f"{c:>20}" for c in cells))
+    print("a one-row run (start-up and one row), s: " + ", ".join(
+        f"{e} {w}: {t:.1f}" for (e, w), t in firsts.items()))
 
 
 def threads(manifest: Path) -> None:
     from volqa.execution import Execution, usable_cores
 
     cores = usable_cores()
-    print(f"\nTorch threads ({cores} cores), pairs/s; the default marked *, load {load()}:")
+    print(f"\nTorch threads ({cores} cores), pairs/s once running; the default marked *, load "
+          f"{load()}:")
     for label, options, workers in (("threads, 2 read-ahead", {"workers": 2}, 3),
                                     ("processes, 2 jobs", {"executor": "processes",
                                                            "jobs": 2}, 2)):
         default = Execution().torch_threads(workers, cores)
-        rates = {t: score_rate(manifest, threads=t, **options) for t in range(1, cores + 1)}
+        rates = {t: score_rate(manifest, threads=t, **options)[0] for t in range(1, cores + 1)}
         best = max(rates.values())
         cells = ", ".join(f"{t}{'*' if t == default else ''}: {r:.2f}" for t, r in rates.items())
         print(f"  {label:<22} {cells}; default / best = {rates[default] / best:.2f}")

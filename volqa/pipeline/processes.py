@@ -260,14 +260,13 @@ class ProcessExecutor:
                 if not (stopping is not None and stopping()):
                     for slot, w in list(workers.items()):
                         while w.job is None and dispatch:
-                            if not w.process.is_alive():  # died between rows
-                                w.process.join()
-                                w = workers[slot] = spawn(slot)
                             job = dispatch.take(slot)
                             if job is None:
                                 break
-                            if not w.send(job):
+                            if not w.send(job):  # the worker died between rows
                                 dispatch.put_back(slot, job)
+                                _shutdown([w], graceful=False)
+                                w = workers[slot] = spawn(slot)
                                 continue
                             if on_start is not None:
                                 on_start(job)
@@ -287,6 +286,7 @@ class ProcessExecutor:
                     w.job = None
                     if result is None:  # the worker died with the row
                         why = w.reason()
+                        _shutdown([w], graceful=False)
                         dispatch.put_back(w.slot)
                         if dispatch:
                             workers[w.slot] = spawn(w.slot)
@@ -299,22 +299,16 @@ class ProcessExecutor:
 
 
 def _shutdown(workers: list[_Worker], graceful: bool) -> None:
-    """Stop the workers: ask them to exit (graceful) or kill them; reap them all."""
+    """Stop the workers: ask them to exit (graceful) or kill them; reap them; close their
+    pipes (a worker that outlived its fork server, which multiprocessing then takes for dead,
+    exits at the EOF, or when the main process is gone)."""
     for w in workers:
         if not (graceful and w.send(None)):
-            _kill(w)
+            w.process.kill()
     deadline = time.monotonic() + _JOIN_SECONDS
     for w in workers:
         w.process.join(max(0.0, deadline - time.monotonic()))
         if w.process.is_alive():
-            _kill(w)
+            w.process.kill()
             w.process.join()
         w.conn.close()
-
-
-def _kill(w: _Worker) -> None:
-    # by pid: after its fork server died, multiprocessing thinks a worker has exited
-    try:
-        os.kill(w.process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, TypeError):
-        pass
