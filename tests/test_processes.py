@@ -59,6 +59,21 @@ def test_a_row_that_kills_its_worker_fails_alone_and_the_batch_goes_on(batch, tm
                                   check_dtype=False)  # the error row's nulls make object columns
 
 
+def test_fail_fast_finishes_the_running_rows_then_resume_completes(batch, tmp_path) -> None:
+    manifest, expected = batch
+    root = tmp_path / "copy"
+    broken = make_batch(root, n=6, mask=True)
+    (root / "data/s1_ref.nii.gz").write_bytes(b"")
+    out = tmp_path / "o"
+    got = volqa.score_manifest(broken, out=out, executor="processes", jobs=2, fail_fast=True)
+    assert "error" in set(got["status"]) and len(got) < 6  # stopped early
+    assert journal_rows(out) == len(got)  # every row that ran was recorded
+    write_nii(root / "data/s1_ref.nii.gz", phantom(1))
+    final = volqa.score_manifest(broken, out=out, resume=True, executor="processes", jobs=2)
+    assert final["status"].tolist() == ["ok"] * 6
+    pd.testing.assert_frame_equal(comparable(final), comparable(expected))
+
+
 def test_torch_threads_never_change_a_number(tmp_path) -> None:
     """Every executor picks its own torch threads; the values must not follow them (volumes
     large enough for torch to split its sums among threads)."""

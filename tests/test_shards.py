@@ -186,6 +186,12 @@ def test_merge_refuses_duplicated_rows(study, tmp_path) -> None:
     assert result.exit_code == 2 and "is given twice" in result.stderr
 
 
+def test_merge_help_reads_right() -> None:
+    text = cli.invoke(app, ["merge", "--help"], terminal_width=100).stdout
+    assert "merge [OPTIONS] DIR..." in text and "{" not in text
+    assert "Exit status: 0 merged" in text and "2 the parts cannot be merged" in text
+
+
 def test_merge_refuses_a_folder_that_is_not_a_part(study, tmp_path) -> None:
     manifest, _ = study
     empty = tmp_path / "empty"
