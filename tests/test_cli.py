@@ -60,7 +60,7 @@ def test_bundled_manifest_end_to_end(tmp_path: Path) -> None:
         "intensity_window_level", "intensity_window_width", "ssim_preset", "ssim_window",
         "ssim_win_size", "ssim_sigma", "ssim_covariance", "ssim_border", "ssim_k1", "ssim_k2",
         "ssim_slices", "ssim_2d_axis", "resample", "min_coverage", "reoriented", "resampled",
-        "coverage", "device",
+        "coverage", "device", "host",
         "seconds", "notes", "volqa_version",
     ]  # fmt: skip
     assert list(df.columns) == expected

@@ -281,6 +281,7 @@ ROW_COLUMNS_AFTER: tuple[Column, ...] = (
     Column("coverage", "float64", "with --resample: fraction of the reference grid inside the "
            "test's extent"),
     Column("device", "string", "where SSIM ran"),
+    Column("host", "string", "machine that computed the row (its host name)"),
     Column("seconds", "float64", "wall time of the row"),
     Column("notes", "string", "non-fatal findings"),
     Column("ssim_map", "string", "saved SSIM map, relative to the output folder"),

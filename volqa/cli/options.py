@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from ..engine.conventions import BORDERS, COVARIANCES, PRESETS, WINDOWS
-from ..execution import DEVICES
+from ..execution import DEVICES, EXECUTORS
 from ..protocols import PROTOCOL_NAMES
 from ..schema import METRICS
 from ..settings import NORMALIZE_MODES
@@ -25,6 +25,7 @@ def _enum(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 Normalize = _enum("Normalize", NORMALIZE_MODES)
 Device = _enum("Device", DEVICES)
+ExecutorName = _enum("ExecutorName", EXECUTORS)
 SsimWindow = _enum("SsimWindow", WINDOWS)
 Covariance = _enum("Covariance", COVARIANCES)
 Border = _enum("Border", BORDERS)
@@ -148,7 +149,22 @@ SaveMapsOpt = Annotated[bool, typer.Option(
     "--save-maps", help="Write each SSIM map as NIfTI to OUT/maps (reference geometry, NaN "
     "where the window does not fit).")]
 WorkersOpt = Annotated[int, typer.Option(
-    min=0, help="Background threads reading the next pairs (0: none).")]
+    min=0, help="Background threads reading the next pairs (0: none); --executor threads.")]
+ExecutorOpt = Annotated[ExecutorName, typer.Option(  # type: ignore[valid-type]
+    "--executor", help="Where rows run: threads of this process, worker processes of this "
+    "machine (--jobs), or a Dask cluster (--scheduler).")]
+JobsOpt = Annotated[int | None, typer.Option(
+    min=1, help="Worker processes of --executor processes (default: one per GPU with CUDA, "
+    "else one per core).", show_default=False)]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    min=1, help="Torch threads of each worker (default: the cores divided among the workers, "
+    "never more).", show_default=False)]
+ShardOpt = Annotated[str | None, typer.Option(
+    metavar="I/N", help="Score only the rows whose 0-based index is I modulo N (e.g. "
+    "$SLURM_ARRAY_TASK_ID/N); join the parts with `volqa merge`.", show_default=False)]
+SchedulerOpt = Annotated[str | None, typer.Option(
+    metavar="ADDRESS", help="Dask scheduler of --executor dask: an address (tcp://host:8786) "
+    "or local:N (N worker processes here).", show_default=False)]
 ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="Continue the batch in OUT with the settings stored there: skip rows "
     "already finished ok with the same inputs and settings. Scoring options given with it "

@@ -8,6 +8,7 @@ type column), so flags read ``--resample`` rather than ``--resample <bool>``.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
@@ -22,13 +23,8 @@ class Command(TyperCommand):
     the metric registry as it is when the help is shown."""
 
     def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
-        pieces = []
-        for piece in super().collect_usage_pieces(ctx):
-            core, dots = (piece[:-3], "...") if piece.endswith("...") else (piece, "")
-            if core.startswith("{") and core.endswith("}"):
-                core = core[1:-1]
-            pieces.append(core + dots)
-        return pieces
+        pieces = super().collect_usage_pieces(ctx)
+        return [re.sub(r"^\{(.*)\}(\.\.\.)?$", r"\1\2", p) for p in pieces]
 
     def format_help(self, ctx: typer.Context, formatter) -> None:  # type: ignore[override]
         from .options import metrics_help
@@ -68,11 +64,12 @@ def _root(
 
 
 def _register() -> None:
-    from . import compare, demo, report, score
+    from . import compare, demo, merge, report, score
 
     app.command("score", cls=Command, epilog=score.EPILOG)(score.score)
     app.command("compare", cls=Command, epilog=compare.EPILOG)(compare.compare)
     app.command("report", cls=Command, epilog=report.EPILOG)(report.report)
+    app.command("merge", cls=Command, epilog=merge.EPILOG)(merge.merge)
     app.add_typer(demo.demo_app, name="demo")
 
 

@@ -25,9 +25,12 @@ from .options import (
     DataRangeOpt,
     Device,
     DeviceOpt,
+    ExecutorName,
+    ExecutorOpt,
     FailFastOpt,
     GroupByOpt,
     IntensityWindowOpt,
+    JobsOpt,
     K1Opt,
     K2Opt,
     ManifestArg,
@@ -47,10 +50,13 @@ from .options import (
     ResampleOpt,
     ResumeOpt,
     SaveMapsOpt,
+    SchedulerOpt,
+    ShardOpt,
     SigmaOpt,
     Ssim2dOpt,
     SsimWindowOpt,
     StrictOpt,
+    ThreadsOpt,
     WinSizeOpt,
     WorkersOpt,
     command_line,
@@ -68,6 +74,8 @@ EPILOG = ("Exit status: 0 every row scored; 1 some rows failed (the others are i
 _RENAMED = {"ssim_window": "window"}
 _RUN_CONTROL = {"manifest", "out", "resume", "overwrite", "fail_fast", "strict", "progress",
                 "group_by"}
+# execution options repeated in the printed resume command when they were given
+_RESUME_KEEPS = ("executor", "jobs", "threads", "scheduler", "shard")
 
 
 def score(
@@ -95,6 +103,11 @@ def score(
     min_coverage: MinCoverageOpt = None,
     save_maps: SaveMapsOpt = False,
     workers: WorkersOpt = Execution.workers,
+    executor: ExecutorOpt = ExecutorName(Execution.executor),
+    jobs: JobsOpt = None,
+    threads: ThreadsOpt = None,
+    shard: ShardOpt = None,
+    scheduler: SchedulerOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     fail_fast: FailFastOpt = False,
@@ -120,6 +133,9 @@ def score(
                                                  "--window LEVEL,WIDTH")
     options = {_RENAMED.get(k, k): v for k, v in options_given.items()}
     resume_argv = ["volqa", "score", str(manifest), "--out", str(out), "--resume"]
+    for name in _RESUME_KEEPS:  # how the run was carried out, if given: the same again
+        if name in options_given:
+            resume_argv += [f"--{name}", str(options_given[name])]
     command = command_line(ctx)
     resume_hint = "To continue, run:\n  " + shlex.join(resume_argv)
     try:

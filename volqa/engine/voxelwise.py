@@ -3,7 +3,9 @@
 Conventions
 -----------
 - Sums are accumulated in float64 over slabs of the first axis, whatever the input dtype,
-  so no float64 copy of a whole volume is made.
+  so no float64 copy of a whole volume is made; a slab (2 MiB of float64) stays in the CPU's
+  cache while its sums are taken, and no sum calls BLAS (whose threads would compete with the
+  other rows of a batch for the cores).
 - ``reference`` is the ground truth; ``test`` the reconstruction. Arguments are not symmetric
   for NRMSE (normalised by the reference).
 - ``mse = mean((test - reference)**2)``, ``mae = mean(|test - reference|)``.
@@ -48,7 +50,7 @@ __all__ = [
 ]
 
 #: Voxels per slab of the float64 accumulation (bounds the temporary copies).
-SLAB_VOXELS = 1 << 20
+SLAB_VOXELS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,9 @@ def error_stats(
     rmin, rmax = math.inf, -math.inf
     for start in range(0, ref.shape[0], rows):
         sl = slice(start, start + rows)
-        r = ref[sl].astype(np.float64)
-        d = tst[sl].astype(np.float64) - r
+        r = ref[sl]
+        d = tst[sl].astype(np.float64)
+        d -= r  # exact for float32 inputs: their difference is a float64
         if msk is not None:
             m = msk[sl]
             r = r[m]
@@ -147,9 +150,11 @@ def error_stats(
         if d.size == 0:
             continue
         n += d.size
-        s_abs += float(np.abs(d).sum())
-        s_sq += float(np.dot(d.ravel(), d.ravel()))
-        r_sq += float(np.dot(r.ravel(), r.ravel()))
+        flat = d.ravel()
+        s_sq += float(np.einsum("i,i->", flat, flat))
+        s_abs += float(np.abs(flat, out=flat).sum())
+        flat = r.ravel().astype(np.float64)
+        r_sq += float(np.einsum("i,i->", flat, flat))
         rmin = min(rmin, float(r.min()))
         rmax = max(rmax, float(r.max()))
     if n == 0:

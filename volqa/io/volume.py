@@ -39,8 +39,8 @@ class Volume:
     Parameters
     ----------
     array : (I, J, K) float32 ndarray
-        Voxel values in nibabel's index order ``(i, j, k)``. Other float or integer dtypes
-        are converted to float32.
+        Voxel values in nibabel's index order ``(i, j, k)``, C-contiguous. Other float or
+        integer dtypes, and other memory layouts, are converted.
     affine : (4, 4) float64 ndarray
         Maps a voxel index ``(i, j, k, 1)`` to world RAS+ millimetres.
     source : str
@@ -56,7 +56,7 @@ class Volume:
     notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        array = np.asarray(self.array, dtype=np.float32)
+        array = np.ascontiguousarray(self.array, dtype=np.float32)
         affine = np.asarray(self.affine, dtype=np.float64)
         if array.ndim != 3:
             raise ValueError(f"Volume needs a 3-D array, got shape {array.shape} ({self.source})")
@@ -148,7 +148,7 @@ def as_float32(data: np.ndarray, source: str) -> tuple[np.ndarray, tuple[str, ..
     Returns
     -------
     (ndarray, tuple of str)
-        The float32 array and the notes.
+        The float32 array (C order) and the notes.
     """
     dtype = np.dtype(data.dtype)
     if dtype.fields is not None:
@@ -170,7 +170,9 @@ def as_float32(data: np.ndarray, source: str) -> tuple[np.ndarray, tuple[str, ..
         if largest > FLOAT32_EXACT_INT:
             notes = (f"{dtype} voxel values up to {largest} exceed 2**24 = {FLOAT32_EXACT_INT}: "
                      "float32 rounds them (relative error <= 6e-8)",)
-    return data.astype(np.float32), notes
+    # one copy, into C order: NIfTI data is stored Fortran-ordered, and every consumer (the
+    # SSIM engine, the error sums) works in slabs along the first axis
+    return np.ascontiguousarray(data, dtype=np.float32), notes
 
 
 def check_affine(affine: np.ndarray, source: str, origin: str = "the affine") -> None:

@@ -14,6 +14,7 @@ import inspect
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from .memory import volume_limit
 from .progress import printable, warn
 from .resume import journal_records, plan_resume
 from .row import RowFailure, RowJob, RowScorer
+from .shards import resolve_shard, select_shard, shard_record
 
 __all__ = ["score_pair", "score_manifest"]
 
@@ -130,7 +132,7 @@ def score_manifest(
     strict: bool = False,
     progress: bool = False,
     scorer: RowScorer | None = None,
-    executor: Executor | None = None,
+    executor: Executor | str | None = None,
     command: str | None = None,
     **options: Any,
 ) -> pd.DataFrame:
@@ -150,11 +152,17 @@ def score_manifest(
         writes each SSIM map to ``out/maps/`` as NIfTI in the reference's geometry, NaN where
         the window does not fit; ``workers`` read the next rows in background threads;
         ``max_volume_memory`` refuses, from its header, a volume larger than that.
+        ``executor="processes"`` (``jobs=N``) scores rows in N worker processes,
+        ``executor="dask"`` (``scheduler="tcp://host:8786"`` or ``"local:N"``) on a Dask
+        cluster; ``threads`` sets the torch threads of each worker (default: the cores
+        divided among the workers). ``shard="I/N"`` scores only the rows whose index is I
+        modulo N (see :mod:`volqa.pipeline.shards`; join the parts with
+        :func:`volqa.pipeline.merge.merge_parts`).
     resume : bool, default False
-        Continue the batch in ``out``: the settings come from ``out/settings.json``, options
-        given here override them (rows whose settings then differ are computed again, and
-        the report says so); rows of ``out/journal.jsonl`` that finished ``ok`` with the same
-        subject, inputs and settings are reused.
+        Continue the batch in ``out``: the settings (and the shard) come from
+        ``out/settings.json``, options given here override them (rows whose settings then
+        differ are computed again, and the report says so); rows of ``out/journal.jsonl``
+        that finished ``ok`` with the same subject, inputs and settings are reused.
     overwrite : bool, default False
         Start again in a non-empty ``out`` (deletes volqa's own files there only).
     fail_fast : bool, default False
@@ -163,8 +171,10 @@ def score_manifest(
         A missing input file is a manifest error (nothing scored) instead of a failed row.
     progress : bool, default False
         Progress bar and warnings (missing files, what resume reuses) on stderr.
-    scorer, executor : optional
-        Replace the row scorer or the executor (default: read-ahead threads).
+    scorer : RowScorer, optional
+        Replaces the row scorer.
+    executor : {"threads", "processes", "dask"} or Executor, optional
+        Where rows run (the Execution option), or an executor object that replaces it.
     command : str, optional
         The command line that started the run, recorded in ``settings.json`` and the Parquet
         metadata (the CLI passes its own).
@@ -191,39 +201,47 @@ def score_manifest(
         SIGINT/SIGTERM; the finished rows were written first.
     """
     manifest = read_manifest(path, strict=strict)
+    if isinstance(executor, str):
+        options, executor = {**options, "executor": executor}, None
     s_opts, e_opts = split_options(options)
     if out is None and (resume or overwrite or s_opts.get("save_maps")):
         raise SettingsError("resume, overwrite and save_maps need an output folder (out=...).")
-    stored = _stored_settings(Path(out)) if resume and out is not None else None
+    stored_meta = read_json(Path(out) / SETTINGS_NAME) if resume and out is not None else None
+    stored = None if stored_meta is None else _stored_settings(Path(out), stored_meta)
     s = Settings.from_options(settings or stored, **s_opts).for_manifest(manifest.has_mask)
     ex = Execution.from_options(execution, **e_opts)
-    ex.resolved_device()
+    ex = replace(ex, shard=resolve_shard(ex.shard, stored_meta, str(out)))
+    if ex.executor != "dask":  # a cluster's workers resolve the device on their side
+        ex.resolved_device()
+    part = select_shard(manifest, ex.shard)
+    run = (len(manifest), fail_fast, progress, scorer, executor, command)
     if out is None:
-        return _run(manifest, s, ex, None, [], None, fail_fast, progress, scorer, executor,
-                    command)
-    refuse_overwriting_inputs(out, _inputs(manifest))
+        return _run(part, s, ex, None, [], None, *run)
+    refuse_overwriting_inputs(out, _inputs(part))
     lock = OutDirLock(out)  # acquired by prepare_out_dir once the folder exists
     try:
         out_dir = prepare_out_dir(out, resume=resume, overwrite=overwrite, lock=lock)
         records, skipped = journal_records(out_dir / JOURNAL_NAME) if resume else ([], [])
         changed = s.differences(stored) if stored is not None else []
-        return _run(manifest, s, ex, out_dir, records, (changed, skipped) if resume else None,
-                    fail_fast, progress, scorer, executor, command)
+        return _run(part, s, ex, out_dir, records, (changed, skipped) if resume else None,
+                    *run)
     finally:
         lock.release()
 
 
-def _run(manifest: Manifest, s: Settings, ex: Execution, out_dir: Path | None,
+def _run(part: Manifest, s: Settings, ex: Execution, out_dir: Path | None,
          records: list[dict[str, Any]], resumed: tuple[list[str], list[str]] | None,
-         fail_fast: bool, progress: bool, scorer: RowScorer | None,
+         manifest_rows: int, fail_fast: bool, progress: bool, scorer: RowScorer | None,
          executor: Executor | None, command: str | None) -> pd.DataFrame:
-    """Plan (what resume reuses), record the settings, report, run the batch."""
-    plan = plan_resume(manifest.rows, records, s.hash(), hash_inputs=out_dir is not None)
+    """Plan (what resume reuses), record the settings, report, run the batch on ``part``
+    (the manifest of ``manifest_rows`` rows, or the shard of it that this run scores)."""
+    plan = plan_resume(part.rows, records, s.hash(), hash_inputs=out_dir is not None)
     changed, skipped = resumed or ([], [])
     meta = {
         "format": SETTINGS_FORMAT, "volqa_version": __version__,
-        "manifest": str(manifest.path.resolve()), "command": command,
-        "manifest_sha256": hashlib.sha256(manifest.path.read_bytes()).hexdigest(),
+        "manifest": str(part.path.resolve()), "command": command,
+        "manifest_sha256": hashlib.sha256(part.path.read_bytes()).hexdigest(),
+        "manifest_rows": manifest_rows, "shard": shard_record(ex.shard),
         "settings": s.as_dict(), "settings_hash": s.hash(), "execution": ex.as_dict(),
         "resume": {"reused": len(plan.reused), "computed": len(plan.todo),
                    "killed": len(plan.killed), "reasons": dict(plan.reasons),
@@ -238,13 +256,13 @@ def _run(manifest: Manifest, s: Settings, ex: Execution, out_dir: Path | None,
                               f"({SETTINGS_NAME}: {exc.strerror or exc}); free space or fix "
                               "the folder's permissions, or choose another --out") from None
     if progress:
-        warn(missing_files(manifest))
+        warn(missing_files(part))
         if resumed is not None:
             warn(f"{JOURNAL_NAME}: {why}; the line is ignored" for why in skipped)
             why = f"; settings changed: {', '.join(changed)}" if changed else ""
             sys.stderr.write(f"volqa: resuming in {printable(str(out_dir))}: "
                              f"{plan.describe()}{printable(why)}\n")
-    batch = Batch(manifest, s, ex, plan, out_dir, fail_fast, progress, scorer, executor, meta)
+    batch = Batch(part, s, ex, plan, out_dir, fail_fast, progress, scorer, executor, meta)
     return batch.run()
 
 
@@ -253,14 +271,12 @@ def _inputs(manifest: Manifest) -> list[tuple[str, str]]:
     found = [("the manifest", str(manifest.path))]
     for row in manifest.rows:
         found += [(f"subject {row.subject_id!r}: {role}", getattr(row, role))
-                  for role in ("reference", "test", "mask") if getattr(row, role)]
+                  for role in ("reference", "test", "mask", "labels") if getattr(row, role)]
     return found
 
 
-def _stored_settings(out_dir: Path) -> Settings | None:
-    data = read_json(out_dir / SETTINGS_NAME)
-    if data is None:
-        return None
+def _stored_settings(out_dir: Path, data: dict[str, Any]) -> Settings:
+    """The Settings recorded in ``settings.json`` (``data``)."""
     if data.get("format") != SETTINGS_FORMAT or "settings" not in data:
         raise SettingsError(f"{str(out_dir / SETTINGS_NAME)!r} was written by another volqa "
                             f"version ({data.get('volqa_version')}); use --overwrite or "

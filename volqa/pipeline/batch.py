@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,15 @@ from ..execution import Execution
 from ..io.journal import JOURNAL_NAME, Journal
 from ..io.manifest import Manifest, ManifestRow
 from ..io.outdir import MAPS_DIR
-from ..io.tables import REGIONS_CSV_NAME, REGIONS_PARQUET_NAME, build_table, write_tables
+from ..io.tables import (
+    REGIONS_CSV_NAME,
+    REGIONS_PARQUET_NAME,
+    build_table,
+    write_tables,
+)
 from ..schema import output_columns, region_columns
 from ..settings import Settings
-from .executors import Executor, ThreadExecutor
+from .executors import Executor, make_executor
 from .memory import volume_limit
 from .progress import Progress, row_labels
 from .resume import KILL_LIMIT, ResumePlan
@@ -61,6 +67,14 @@ class BatchInterrupted(KeyboardInterrupt):
         self.results = results
         self.done = done
         self.total = total
+
+
+def _running(running: dict[int, str]) -> str:
+    """``subject 'a'`` or ``subject 'a' and 2 other rows`` (for the signal message)."""
+    if not running:
+        return ""
+    first = next(iter(running.values()))
+    return first + (f" and {len(running) - 1} other row(s)" if len(running) > 1 else "")
 
 
 def map_name(row: ManifestRow) -> str:
@@ -97,16 +111,20 @@ class Batch:
             SIGINT/SIGTERM (after writing what is finished).
         OutputError
             The journal or the tables could not be written.
+
+        After SIGINT/SIGTERM or a failed row with ``fail_fast`` no new row is started; the
+        rows already running (one with threads, one per worker otherwise) are finished and
+        recorded.
         """
         results = {i: f for i, f in self.plan.reused.items()}
-        results.update({i: self._killed(self.manifest.rows[i], n)
+        results.update({i: self._killed(self._by_index[i], n)
                         for i, n in self.plan.killed.items()})
         regions = dict(self.plan.reused_regions)
         labels = row_labels(self.manifest)
         rows = {row.index: row for row in self.plan.todo}
         limit = volume_limit(self.execution)
         jobs = [self._job(row, limit) for row in self.plan.todo]
-        executor = self.executor or ThreadExecutor(self.execution.workers)
+        executor = self.executor or make_executor(self.execution)
         scorer = self.scorer or RowScorer()
         bar = Progress(len(self.manifest), len(results), self.progress)
         journal = None
@@ -116,29 +134,35 @@ class Batch:
             except OSError as exc:
                 raise self._output_error(exc, JOURNAL_NAME, len(results), False) from None
         stop = StopRequest()
+        running: dict[int, str] = {}
+        failed = False
         interrupted: int | None = None
         failed_write: OSError | None = None
 
         def on_start(job: RowJob) -> None:  # work on the row begins (read-ahead included)
+            running[job.index] = f"subject {job.subject_id!r}"
+            stop.current = _running(running)
             bar.start(labels[job.index])
             if journal is not None:
                 journal.append({"type": "attempt", "key": self.plan.keys[job.index],
                                 "index": job.index, "subject_id": job.subject_id,
                                 "solo": job.solo})
 
-        stream = executor.run(jobs, scorer, self.settings, self.execution, on_start)
+        def stopping() -> bool:
+            return stop.signum is not None or (self.fail_fast and failed)
+
+        stream = executor.run(jobs, scorer, self.settings, self.execution, on_start, stopping)
         try:
             with catch_signals(stop):
                 for result in stream:
                     fields = self._record(rows[result.index], result, journal)
                     results[result.index] = fields
                     regions[result.index] = result.regions
+                    running.pop(result.index, None)
+                    stop.current = _running(running)
                     bar.done(result.ok)
-                    if stop.signum is not None:
-                        interrupted = stop.signum
-                        break
-                    if self.fail_fast and not result.ok:
-                        break
+                    failed = failed or not result.ok
+                interrupted = stop.signum
         except KeyboardInterrupt:
             interrupted = stop.signum or signal.SIGINT
         except OSError as exc:  # the journal: stop here, its whole lines stay valid
@@ -193,6 +217,11 @@ class Batch:
             f"{done} of {len(self.manifest)} rows are recorded in {JOURNAL_NAME} and {state}. "
             "Free space or fix the folder's permissions, then continue with --resume")
 
+    @cached_property
+    def _by_index(self) -> dict[int, ManifestRow]:
+        """Manifest rows by manifest index (a shard holds some rows only)."""
+        return {row.index: row for row in self.manifest.rows}
+
     def _job(self, row: ManifestRow, max_volume_bytes: int) -> RowJob:
         map_path = None
         if self.settings.save_maps and self.out_dir is not None:
@@ -235,13 +264,14 @@ class Batch:
         setting_values = settings.columns()
         done = []
         for i in sorted(results):
-            row = self.manifest.typed(self.manifest.rows[i])
+            row = self.manifest.typed(self._by_index[i])
             row.update(setting_values)
             row.update(results[i])
             done.append(row)
         meta = dict(self.meta or {})
         meta.update(rows_total=len(self.manifest), rows_done=len(done),
-                    rows_ok=sum(r.get("status") == "ok" for r in done))
+                    rows_ok=sum(r.get("status") == "ok" for r in done),
+                    row_index=sorted(results))
         table = build_table(done, columns, meta)
         if self.out_dir is not None:
             write_tables(table, self.out_dir)
@@ -255,7 +285,7 @@ class Batch:
                        meta: dict[str, Any]) -> pd.DataFrame:
         """The long table: one row per (manifest row, label), manifest columns first."""
         columns = region_columns(self.manifest.dtypes(), self.settings.metrics or ())
-        rows = [{**self.manifest.typed(self.manifest.rows[i]), **r}
+        rows = [{**self.manifest.typed(self._by_index[i]), **r}
                 for i in sorted(regions) for r in regions[i]]
         table = build_table(rows, columns, meta)
         if self.out_dir is not None:

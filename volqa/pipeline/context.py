@@ -9,6 +9,7 @@ registry and nothing is computed twice.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -175,8 +176,13 @@ class PairContext:
         if self._tensors is None:
             import torch
 
-            x = torch.from_numpy(np.ascontiguousarray(self.reference)).to(self.device)
-            y = torch.from_numpy(np.ascontiguousarray(self.test)).to(self.device)
+            with warnings.catch_warnings():
+                # a cached reference is read-only (see .cache) and the engine never writes
+                # into its inputs: torch's warning about non-writable arrays does not apply
+                warnings.filterwarnings("ignore", message="The given NumPy array is not "
+                                        "writable", category=UserWarning)
+                x = torch.from_numpy(np.ascontiguousarray(self.reference)).to(self.device)
+                y = torch.from_numpy(np.ascontiguousarray(self.test)).to(self.device)
             self._tensors = (x, y)
         return self._tensors
 

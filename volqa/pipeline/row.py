@@ -13,13 +13,16 @@ Both raise :class:`RowFailure`, whose message names the subject, the file and th
 :meth:`RowScorer.score` turns a failure into an ``error`` row. A volqa error
 (:class:`~volqa.errors.VolqaError`) gives its message; any other exception is a bug and is
 recorded with its type name. Subclass :class:`RowScorer` and override
-:meth:`~RowScorer.engine_metrics` to observe or replace the engine (tests do).
+:meth:`~RowScorer.engine_metrics` to observe or replace the engine (tests do). An executor may
+pass a :class:`~.cache.ReadCache`, through which references and masks are read (a reference
+listed for several rows is then read once).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,12 +37,13 @@ from ..execution import Execution
 from ..io.volume import Volume
 from ..schema import METRICS
 from ..settings import Settings
+from .cache import ReadCache
 from .devices import is_oom, run_with_oom_fallback
 from .protocols import make_context, prepare
 from .regions import RegionScores, label_values, region_metrics, region_rows, score_regions
 
-__all__ = ["RowJob", "RowResult", "Prepared", "EngineResult", "RowFailure", "RowScorer",
-           "padded_map"]
+__all__ = ["RowJob", "RowResult", "Prepared", "EngineResult", "RowFailure", "WorkerLost",
+           "RowScorer", "padded_map"]
 
 Source = str | os.PathLike[str] | Volume
 
@@ -143,6 +147,10 @@ class RowFailure(Exception):
         self.seconds = seconds
 
 
+class WorkerLost(VolqaError):
+    """The process or machine scoring a row died (killed, out of memory, crashed)."""
+
+
 def _message(job: RowJob, role: str | None, exc: BaseException) -> str:
     files = job.files()
     if isinstance(exc, VolqaError):
@@ -161,12 +169,15 @@ def _message(job: RowJob, role: str | None, exc: BaseException) -> str:
     return f"{head}: {msg}"
 
 
-def _read(source: Source, role: str, max_bytes: int | None) -> Volume:
+def _read(source: Source, role: str, max_bytes: int | None,
+          cache: ReadCache | None = None) -> Volume:
     from ..io.readers import read_volume
 
     if isinstance(source, Volume):
         return source
     if isinstance(source, str | os.PathLike):
+        if cache is not None and role != "test":  # a test is listed once; keep the budget
+            return cache.get(source, lambda: read_volume(source, max_bytes=max_bytes))
         return read_volume(source, max_bytes=max_bytes)
     raise SettingsError(f"{role} must be a path or a volqa.io.Volume; got {type(source).__name__}.")
 
@@ -180,22 +191,34 @@ def _selected(settings: Settings) -> list[Any]:
 class RowScorer:
     """Scores rows; stateless, so one instance serves every thread or worker process."""
 
-    def score(self, job: RowJob, settings: Settings, execution: Execution) -> RowResult:
+    def score(self, job: RowJob, settings: Settings, execution: Execution,
+              cache: ReadCache | None = None) -> RowResult:
         """Both stages; a failure becomes an ``error`` row (never raises for a bad row)."""
         try:
-            return self.finish(self.prepare(job, settings), settings, execution)
+            return self.finish(self.prepare(job, settings, cache), settings, execution)
         except RowFailure as failure:
             return self.failed(job, failure)
+
+    def lost(self, job: RowJob, why: str, host: str | None) -> RowResult:
+        """The ``error`` row of a job whose worker died: ``why`` says how (the executor
+        knows it, the row does not); ``host`` is the dead worker's machine, if known."""
+        cause = WorkerLost(why)
+        result = self.failed(job, RowFailure(_message(job, None, cause), cause))
+        result.fields["host"] = host
+        return result
 
     def failed(self, job: RowJob, failure: RowFailure) -> RowResult:
         """The ``error`` row for a failure (no metric, not even those already computed)."""
         fields = {k: v for k, v in failure.fields.items() if k not in METRICS}
         fields.update(status="error", error=str(failure), seconds=failure.seconds,
+                      host=socket.gethostname(),
                       notes="; ".join(failure.notes) or None, volqa_version=__version__)
         return RowResult(job.index, fields)
 
-    def prepare(self, job: RowJob, settings: Settings) -> Prepared:
-        """Read, align, normalise and compute the CPU metrics of one row.
+    def prepare(self, job: RowJob, settings: Settings, cache: ReadCache | None = None
+                ) -> Prepared:
+        """Read, align, normalise and compute the CPU metrics of one row (the reference and
+        the mask through ``cache`` when one is given).
 
         Raises
         ------
@@ -209,7 +232,7 @@ class RowScorer:
         notes: list[str] = []
         role: str | None = "reference"
         try:
-            ref_v = _read(job.reference, "reference", job.max_volume_bytes)
+            ref_v = _read(job.reference, "reference", job.max_volume_bytes, cache)
             fields["shape"] = "x".join(str(n) for n in ref_v.shape)
             fields["spacing"] = "x".join(f"{s:g}" for s in ref_v.spacing)
             role = "test"
@@ -217,11 +240,11 @@ class RowScorer:
             mask_v = None
             if job.mask is not None:
                 role = "mask"
-                mask_v = _read(job.mask, "mask", job.max_volume_bytes)
+                mask_v = _read(job.mask, "mask", job.max_volume_bytes, cache)
             labels_v = None
             if job.labels is not None:
                 role = "labels"
-                labels_v = _read(job.labels, "labels", job.max_volume_bytes)
+                labels_v = _read(job.labels, "labels", job.max_volume_bytes, cache)
             role = None
             test_v, mask_v, alignment = align_to_reference(
                 ref_v, test_v, mask_v, resample=settings.resample,
@@ -294,7 +317,8 @@ class RowScorer:
             raise RowFailure(_message(p.job, None, exc), exc, fields, notes,
                              p.seconds + time.perf_counter() - t0) from exc
         notes += retries + result.notes
-        fields.update(result.values, status="ok", error=None, device=device)
+        fields.update(result.values, status="ok", error=None, device=device,
+                      host=socket.gethostname())
         if keep_map and result.map is not None:
             try:
                 _save_map(result.map, p.reference, Path(p.job.map_path))  # type: ignore[arg-type]

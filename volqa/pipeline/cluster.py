@@ -1,0 +1,236 @@
+"""The Dask executor: rows scored by the workers of a ``dask.distributed`` cluster.
+
+``--executor dask --scheduler ADDRESS`` sends rows to a running cluster (``dask scheduler`` /
+``dask worker``, dask-jobqueue, Kubernetes); ``--scheduler local:N`` starts a
+``LocalCluster`` of N single-threaded worker processes on this machine, on 127.0.0.1, and
+stops it at the end. The driver (this process) keeps volqa's guarantees: it journals each row
+as its result arrives (in any order), handles signals, writes the tables in manifest order.
+
+Before the batch, every worker is asked to import volqa (the same version as the driver),
+resolve the device and find every input file that exists here (and the maps folder): the
+paths in the manifest must name the same files on the workers (a shared file system mounted
+at the same place). Anything else fails the run with a message naming the worker and a file.
+
+Rows are submitted in manifest order, a few more than the cluster has threads, so that a
+stop (SIGINT/SIGTERM, ``--fail-fast``) waits only for the rows already handed out. A worker
+that dies has its rows retried elsewhere by Dask; a row that kills workers again and again
+(``distributed.scheduler.allowed-failures``, 3 by default, set on the scheduler) ends in
+Dask's ``KilledWorker`` and becomes a failed row: it never hangs the batch. Torch threads on
+a worker: ``--threads`` when given; on ``local:N``, the cores divided among the N workers;
+else the worker's own default (Dask's nanny sets ``OMP_NUM_THREADS=1``, so one per Dask
+thread). The nanny's ``MALLOC_TRIM_THRESHOLD_`` is undone in each worker (it triples SSIM's
+time, see :func:`_undo_malloc_trim`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from ..errors import SettingsError
+from ..execution import Execution
+from ..io.paths import split_series
+from ..settings import Settings
+from .cache import ReadCache
+from .row import RowJob, RowResult, RowScorer
+
+__all__ = ["DaskExecutor", "WORKER_WAIT_SECONDS"]
+
+#: How long the driver waits for the first worker to join the scheduler.
+WORKER_WAIT_SECONDS = 60.0
+
+_worker_cache: ReadCache | None = None
+
+
+def _undo_malloc_trim() -> None:
+    """Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also fixes
+    glibc's mmap threshold at 128 KiB: every temporary of the SSIM engine is then a fresh
+    mapping of zeroed pages, and SSIM takes three times as long. Serve allocations under
+    32 MiB from the heap again and keep up to 256 MiB of freed memory (glibc only)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _score_task(scorer: RowScorer, job: RowJob, settings: Settings,
+                execution: Execution) -> RowResult:
+    """One row on a Dask worker (references and masks through the worker's cache)."""
+    global _worker_cache
+    if _worker_cache is None:
+        _worker_cache = ReadCache()
+        if os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+            _undo_malloc_trim()
+    if execution.threads is not None:
+        import torch
+
+        if torch.get_num_threads() != execution.threads:
+            torch.set_num_threads(execution.threads)
+    return scorer.score(job, settings, execution, _worker_cache)
+
+
+def _worker_check(paths: Sequence[str], execution: Execution) -> dict[str, Any]:
+    """Run on every worker: what it misses of ``paths``, its volqa version, its device."""
+    import socket
+
+    from .. import __version__
+
+    try:
+        device = execution.resolved_device()
+    except SettingsError as exc:
+        device = f"error: {exc}"
+    return {"missing": [p for p in paths if not os.path.exists(p)], "version": __version__,
+            "device": device, "host": socket.gethostname()}
+
+
+class DaskExecutor:
+    """Score rows on a Dask cluster (see the module docstring).
+
+    Parameters
+    ----------
+    scheduler : str
+        A scheduler address (``tcp://host:8786``) or ``local:N``.
+    """
+
+    def __init__(self, scheduler: str) -> None:
+        self.scheduler = scheduler
+
+    def run(self, jobs: Sequence[RowJob], scorer: RowScorer, settings: Settings,
+            execution: Execution, on_start: Callable[[RowJob], None] | None = None,
+            stopping: Callable[[], bool] | None = None) -> Iterator[RowResult]:
+        if not jobs:
+            return
+        from distributed import as_completed
+
+        local = Execution(executor="dask", scheduler=self.scheduler).local_workers()
+        if local is not None and execution.threads is None:
+            execution = replace(execution, threads=execution.torch_threads(local))
+        shipped = replace(execution)  # the device is resolved again on each worker
+        with _connect(self.scheduler, local) as client:
+            _check_workers(client, jobs, shipped)
+            todo = iter(jobs)
+            running: dict[str, tuple[Any, RowJob]] = {}
+            done = as_completed()
+
+            def submit() -> bool:
+                job = next(todo, None)
+                if job is None:
+                    return False
+                future = client.submit(_score_task, scorer, job, settings, shipped, pure=False,
+                                       key=f"volqa-row-{job.index}-{os.urandom(4).hex()}")
+                running[future.key] = (future, job)
+                done.add(future)
+                if on_start is not None:
+                    on_start(job)
+                return True
+
+            try:
+                while len(running) < _window(client) and submit():
+                    pass
+                for future in done:
+                    _, job = running.pop(future.key)
+                    result = _result(future, job, scorer)
+                    future.release()
+                    yield result
+                    if not (stopping is not None and stopping()):
+                        while len(running) < _window(client) and submit():
+                            pass
+            finally:
+                if running:
+                    client.cancel([f for f, _ in running.values()])
+
+
+def _window(client: Any) -> int:
+    """Rows handed out at once: one per worker thread, plus one."""
+    return sum(client.nthreads().values()) + 1
+
+
+def _result(future: Any, job: RowJob, scorer: RowScorer) -> RowResult:
+    """The row of a finished future; a killed or lost task becomes a failed row."""
+    if future.status == "finished":
+        return future.result()
+    try:
+        exc = future.exception()
+    except BaseException as e:  # noqa: BLE001 - cancelled futures raise here
+        exc = e
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        tries = getattr(exc, "allowed_failures", None)
+        last = getattr(getattr(exc, "last_worker", None), "address", None)
+        why = ("the Dask workers running this row died every time it was tried"
+               + (f" ({tries + 1} times" if isinstance(tries, int) else " (")
+               + (f", the last on {last}" if last else "") + "; Dask's KilledWorker): the row "
+               "probably runs out of memory or crashes a reader; check the workers' logs and "
+               "memory limit. The batch went on")
+    else:
+        why = f"the Dask task of this row failed without a result ({name}: {exc})"
+    return scorer.lost(job, why, None)
+
+
+@contextmanager
+def _connect(scheduler: str, local: int | None) -> Iterator[Any]:
+    """A client of the scheduler, or of a LocalCluster of ``local`` workers (closed after)."""
+    from distributed import Client, LocalCluster
+
+    if local is not None:
+        with LocalCluster(n_workers=local, threads_per_worker=1, processes=True,
+                          host="127.0.0.1", dashboard_address=None,
+                          silence_logs=logging.ERROR) as cluster, \
+                Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(scheduler, timeout=WORKER_WAIT_SECONDS)
+    except OSError as exc:
+        raise SettingsError(f"cannot reach the Dask scheduler at {scheduler!r} ({exc}); start "
+                            "it (`dask scheduler`) or check --scheduler ADDRESS.") from None
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
+        except TimeoutError:
+            raise SettingsError(f"no worker joined the Dask scheduler at {scheduler!r} within "
+                                f"{WORKER_WAIT_SECONDS:g} s; start workers (`dask worker "
+                                f"{scheduler}`).") from None
+        yield client
+
+
+def _check_workers(client: Any, jobs: Sequence[RowJob], execution: Execution) -> None:
+    """Fail before the batch when a worker cannot import volqa, see the inputs, or use the
+    device (see the module docstring)."""
+    from .. import __version__
+
+    paths = sorted({split_series(os.fspath(p))[0] for job in jobs
+                    for p in (job.reference, job.test, job.mask)
+                    if isinstance(p, str | os.PathLike)
+                    and os.path.exists(split_series(os.fspath(p))[0])})
+    # the output folder, where the workers write the maps (its maps/ may not exist yet)
+    maps = {os.path.dirname(os.path.dirname(job.map_path)) for job in jobs if job.map_path}
+    try:
+        report = client.run(_worker_check, paths + sorted(maps), execution)
+    except Exception as exc:  # noqa: BLE001 - e.g. volqa not importable on a worker
+        raise SettingsError(f"the Dask workers cannot run volqa ({type(exc).__name__}: {exc}); "
+                            "install volqa (the same version) in the workers' environment."
+                            ) from None
+    for worker, info in sorted(report.items()):
+        where = f"Dask worker {worker} (host {info['host']})"
+        if info["version"] != __version__:
+            raise SettingsError(f"{where} runs volqa {info['version']}, this process "
+                                f"{__version__}; install the same version on the workers.")
+        if str(info["device"]).startswith("error"):
+            raise SettingsError(f"{where}: {info['device'][len('error: '):]}")
+        if info["missing"]:
+            missing = info["missing"]
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise SettingsError(
+                f"{where} cannot see {missing[0]!r}{more}: the manifest's paths must name the "
+                "same files on every worker (a shared file system mounted at the same path; "
+                "write the manifest with those absolute paths)."
+            )
