@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from pipeline_data import results_in
 
 from volqa.pipeline import RowScorer
 
@@ -67,8 +68,8 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.05) -> None:
 
 
 def journal_rows(out: Path) -> int:
-    path = out / "journal.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
+    """Result records in ``out``'s journal (attempt and stop records are not rows)."""
+    return results_in(out / "journal.jsonl")
 
 
 class DaskCluster:

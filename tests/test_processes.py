@@ -211,7 +211,7 @@ def test_signal_to_the_process_group_finishes_running_rows_then_resume(batch, tm
     result = cli.invoke(app, argv[1:] + ["--no-progress"])
     assert result.exit_code == 0, result.output
     final = pd.read_parquet(out / "results.parquet")
-    assert len(final) == 6 and set(final["win_size"]) == {7}
+    assert len(final) == 6 and set(final["ssim_win_size"]) == {7}
     resumed = volqa.score_manifest(manifest, win_size=7, workers=0)
     pd.testing.assert_frame_equal(comparable(final), comparable(resumed))
 

@@ -135,13 +135,13 @@ class InFlight(RowScorer):
         self.active = 0
         self.peak = 0
 
-    def prepare(self, job, settings):
+    def prepare(self, job, settings, cache=None):
         with self.lock:
             self.active += 1
             self.peak = max(self.peak, self.active)
         time.sleep(0.05)
         try:
-            return super().prepare(job, settings)
+            return super().prepare(job, settings, cache)
         finally:
             with self.lock:
                 self.active -= 1
@@ -169,10 +169,10 @@ KILL_HOOK = textwrap.dedent(
         import signal
         from volqa.pipeline import RowScorer
         _real = RowScorer.prepare
-        def _deadly(self, job, settings):
+        def _deadly(self, job, settings, cache=None):
             if job.subject_id == os.environ["VOLQA_TEST_KILL"]:
                 os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer does
-            return _real(self, job, settings)
+            return _real(self, job, settings, cache)
         RowScorer.prepare = _deadly
     """
 )
