@@ -13,11 +13,13 @@ at the same place). Anything else fails the run with a message naming the worker
 
 Rows are submitted in manifest order, a few more than the cluster has threads, so that a
 stop (SIGINT/SIGTERM, ``--fail-fast``) waits only for the rows already handed out. A worker
-that dies has its rows retried elsewhere by Dask; a row that kills workers again and again
+that dies has its rows retried elsewhere by Dask; a row whose workers die again and again
 (``distributed.scheduler.allowed-failures``, 3 by default, set on the scheduler) ends in
-Dask's ``KilledWorker`` and becomes a failed row: it never hangs the batch. Torch threads on
-a worker: ``--threads`` when given; on ``local:N``, the cores divided among the N workers;
-else the worker's own default (Dask's nanny sets ``OMP_NUM_THREADS=1``, so one per Dask
+Dask's ``KilledWorker``. Dask counts a death against every row queued on the dying worker, so
+such a row may be a neighbour of the one that kills: it is run once more with nothing else in
+flight, and fails only if its worker dies then too. A failed row never hangs the batch.
+Torch threads on a worker: ``--threads`` when given; on ``local:N``, the cores divided among
+the N workers; else the worker's own default (Dask's nanny sets ``OMP_NUM_THREADS=1``, so one per Dask
 thread). The nanny's ``MALLOC_TRIM_THRESHOLD_`` is undone in each worker (it triples SSIM's
 time, see :func:`_undo_malloc_trim`).
 """
@@ -118,31 +120,49 @@ class DaskExecutor:
             _check_workers(client, jobs, shipped)
             todo = iter(jobs)
             running: dict[str, tuple[Any, RowJob]] = {}
+            suspects: list[RowJob] = []  # rows whose worker died: retried alone, once
+            retried: set[int] = set()
             done = as_completed()
 
-            def submit() -> bool:
-                job = next(todo, None)
+            def submit(job: RowJob | None = None) -> bool:
+                job = job or next(todo, None)
                 if job is None:
                     return False
                 future = client.submit(_score_task, scorer, job, settings, shipped, pure=False,
                                        key=f"volqa-row-{job.index}-{os.urandom(4).hex()}")
                 running[future.key] = (future, job)
                 done.add(future)
-                if on_start is not None:
+                if on_start is not None and job.index not in retried:
                     on_start(job)
                 return True
 
-            try:
+            def refill() -> None:
+                if suspects:  # a suspect runs with nothing else in flight
+                    if not running:
+                        retried.add(suspects[0].index)
+                        submit(suspects.pop(0))
+                    return
                 while len(running) < _window(client) and submit():
                     pass
+
+            try:
+                refill()
                 for future in done:
                     _, job = running.pop(future.key)
-                    result = _result(future, job, scorer)
+                    stop = stopping is not None and stopping()
+                    if _killed(future) and job.index not in retried and not stop:
+                        suspects.append(job)  # maybe a neighbour of the row that kills
+                    else:
+                        yield _result(future, job, scorer)
                     future.release()
-                    yield result
                     if not (stopping is not None and stopping()):
-                        while len(running) < _window(client) and submit():
-                            pass
+                        refill()
+                    elif not running:
+                        for job in suspects:  # stopping: the suspects are not retried
+                            yield scorer.lost(job, "the Dask worker running this row died "
+                                              "and the batch was stopped before it was "
+                                              "retried", None)
+                        suspects.clear()
             finally:
                 if running:
                     client.cancel([f for f, _ in running.values()])
@@ -151,6 +171,17 @@ class DaskExecutor:
 def _window(client: Any) -> int:
     """Rows handed out at once: one per worker thread, plus one."""
     return sum(client.nthreads().values()) + 1
+
+
+def _killed(future: Any) -> bool:
+    """True when a task ended in Dask's KilledWorker (its workers died)."""
+    if future.status == "finished":
+        return False
+    try:
+        exc = future.exception()
+    except BaseException:  # noqa: BLE001 - cancelled futures raise here
+        return False
+    return type(exc).__name__ == "KilledWorker"
 
 
 def _result(future: Any, job: RowJob, scorer: RowScorer) -> RowResult:
