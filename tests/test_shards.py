@@ -8,11 +8,12 @@ import json
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from executor_helpers import Slow, comparable
-from pipeline_data import make_batch
+from pipeline_data import degrade, make_batch, phantom, write_manifest, write_nii
 from typer.testing import CliRunner
 
 import volqa
@@ -257,3 +258,30 @@ def test_slurm_array_script_scores_shards_then_merges(study, tmp_path) -> None:
                                   comparable(pd.read_parquet(single / "results.parquet")))
     assert json.loads((out / "part-1/settings.json").read_text())["shard"] == {
         "index": 1, "count": 2}
+
+
+def test_merge_joins_the_region_tables_in_manifest_order(tmp_path) -> None:
+    """With a labels column each shard writes regions.csv/.parquet; merged, they equal one run's
+    (rows in manifest order, each row's regions in label order)."""
+    rows = []
+    for i in range(5):
+        ref = phantom(i)
+        write_nii(tmp_path / f"r{i}.nii.gz", ref)
+        write_nii(tmp_path / f"t{i}.nii.gz", degrade(ref, i))
+        lab = np.zeros(ref.shape, np.int16)
+        lab[2:9, 3:12, 3:12], lab[9:17, 4:15, 4:13] = 1, 2 + i % 2  # labels differ by row
+        write_nii(tmp_path / f"l{i}.nii.gz", lab)
+        rows.append({"subject_id": f"s{i}", "reference": f"r{i}.nii.gz",
+                     "test": f"t{i}.nii.gz", "labels": f"l{i}.nii.gz"})
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    single = tmp_path / "single"
+    assert score(manifest, "--out", single, "--metrics", "ssim,mae").exit_code == 0
+    parts = _shards(manifest, tmp_path, 2, "--metrics", "ssim,mae")
+    result = merge(parts[1], parts[0], "--out", tmp_path / "merged")
+    assert result.exit_code == 0, result.output
+    want = pd.read_parquet(single / "regions.parquet")
+    got = pd.read_parquet(tmp_path / "merged/regions.parquet")
+    assert got["subject_id"].tolist() == [f"s{i}" for i in range(5) for _ in range(2)]
+    pd.testing.assert_frame_equal(got, want)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "merged/regions.csv"),
+                                  pd.read_csv(single / "regions.csv"))

@@ -1,12 +1,13 @@
 """Volumes read recently, kept so that a reference listed for several rows is read once.
 
 A study lists each reference once per method (sub-01 with unet, cs, zero-filled, ...), and
-reading a compressed volume costs more than scoring it. A :class:`ReadCache` keeps the
-volumes it read, keyed by the path and the identity of every file that feeds it (size, modification time
-and inode: no read, unlike the content hash ``--resume`` uses), newest first, within a byte budget. It is thread-safe: two threads asking
-for the same file wait for one read. Cached arrays are made read-only, so a row cannot change
-what the next row sees. Executors own a cache (one per run, one per worker process) and hand
-it to :meth:`~volqa.pipeline.row.RowScorer.prepare`.
+reading a compressed volume costs more than scoring it. A :class:`ReadCache` keeps the volumes
+it read, keyed by the path and the identity of every file that feeds it (size, modification
+time and inode: no read, unlike the content hash ``--resume`` uses), newest first, within a
+byte budget. It is thread-safe: two threads asking for the same file wait for one read. Cached
+arrays are made read-only, so a row cannot change what the next row sees. Executors own a
+cache (one per run, one per worker process) and hand it to
+:meth:`~volqa.pipeline.row.RowScorer.prepare`.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ Dask's ``KilledWorker``. Dask counts a death against every row queued on the dyi
 such a row may be a neighbour of the one that kills: it is run once more with nothing else in
 flight, and fails only if its worker dies then too. A failed row never hangs the batch.
 Torch threads on a worker: ``--threads`` when given; on ``local:N``, the cores divided among
-the N workers; else the worker's own default (Dask's nanny sets ``OMP_NUM_THREADS=1``, so one per Dask
-thread). The nanny's ``MALLOC_TRIM_THRESHOLD_`` is undone in each worker (it triples SSIM's
+the N workers; else the worker's own default (Dask's nanny sets ``OMP_NUM_THREADS=1``, so one
+per Dask thread). The nanny's ``MALLOC_TRIM_THRESHOLD_`` is undone in each worker (it triples SSIM's
 time, see :func:`_undo_malloc_trim`).
 """
 

@@ -29,7 +29,13 @@ from ..errors import SettingsError, VolqaError
 from ..io.journal import JOURNAL_NAME
 from ..io.manifest import read_manifest
 from ..io.outdir import SETTINGS_NAME, prepare_out_dir, read_json, write_json
-from ..io.tables import METADATA_KEY, PARQUET_NAME, write_tables
+from ..io.tables import (
+    METADATA_KEY,
+    PARQUET_NAME,
+    REGIONS_CSV_NAME,
+    REGIONS_PARQUET_NAME,
+    write_tables,
+)
 from ..settings import Settings
 from .shards import stored_shard
 
@@ -159,7 +165,33 @@ def merge_parts(parts: Sequence[str | os.PathLike[str]], out: str | os.PathLike[
                 journal.write(text if not text or text.endswith("\n") else text + "\n")
     write_json(out_dir / SETTINGS_NAME, meta)
     write_tables(table, out_dir)
+    regions = _merged_regions(loaded, table)
+    if regions is not None:
+        write_tables(regions, out_dir, names=(REGIONS_CSV_NAME, REGIONS_PARQUET_NAME))
     return table
+
+
+def _merged_regions(parts: Sequence[Part], merged: pa.Table) -> pa.Table | None:
+    """The parts' region tables (``--labels``) as one, in the merged table's row order (each
+    row's regions in label order); None when the parts have none."""
+    import pyarrow.parquet as pq
+
+    files = [part.path / REGIONS_PARQUET_NAME for part in parts]
+    present = [f.is_file() for f in files]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = ", ".join(str(p.path) for p, ok in zip(parts, present) if not ok)
+        raise MergeError(f"some parts have a region table ({REGIONS_PARQUET_NAME}) and some do "
+                         f"not ({missing}); score every part with the same manifest columns.")
+    tables = [pq.read_table(f) for f in files]
+    regions = pa.concat_tables(tables)
+    order = {key: k for k, key in enumerate(zip(merged.column("subject_id").to_pylist(),
+                                                 merged.column("test").to_pylist()))}
+    keys = zip(regions.column("subject_id").to_pylist(), regions.column("test").to_pylist())
+    position = [(order[key], n) for n, key in enumerate(keys)]
+    regions = regions.take(pa.array([n for _, n in sorted(position)]))
+    return regions.replace_schema_metadata(merged.schema.metadata)
 
 
 def _columns(part: Part) -> str:
