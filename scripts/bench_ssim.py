@@ -12,7 +12,8 @@ installed runs; on CPU each runs in its own subprocess so its peak extra RSS is 
     python scripts/bench_ssim.py --ms-ssim --size 256 # 3-D MS-SSIM (5 scales) vs pytorch-msssim
 
 Columns: seconds (median of --repeat runs after one warm-up, stopping once 20 s are spent),
-peak extra memory over the inputs (CPU: VmHWM after resetting it; CUDA: max_memory_allocated),
+peak extra memory over the inputs (CPU: VmHWM after resetting it, in a second run with large
+freed buffers returned to the system; CUDA: max_memory_allocated),
 the value, and time / volqa's time.
 """
 
@@ -197,13 +198,22 @@ def measure(name: str, n: int, device: str, repeat: int, loss: bool,
 
 
 def run_isolated(name, n, device, repeat, loss, max_memory, ms=False) -> dict:
-    """Run ``measure`` in a fresh interpreter so CPU peak memory is this implementation's."""
-    cmd = [sys.executable, __file__, "--child", json.dumps(
-        [name, n, device, repeat, loss, max_memory, ms])]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        return {"name": name, "skipped": f"failed: {out.stderr.strip().splitlines()[-1:]}"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Run ``measure`` in fresh interpreters: the time with the default allocator, the peak
+    memory in a second run with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed at 64 KiB, so that
+    freed buffers go back to the system and VmHWM is the peak of live memory (with the default
+    the heap's fragmentation adds 0 to 100 MiB at random)."""
+    def child(repeat: int, env: dict[str, str]) -> dict:
+        cmd = [sys.executable, __file__, "--child", json.dumps(
+            [name, n, device, repeat, loss, max_memory, ms])]
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+        if out.returncode != 0:
+            return {"name": name, "skipped": f"failed: {out.stderr.strip().splitlines()[-1:]}"}
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    row = child(repeat, {})
+    if "skipped" not in row:
+        row["peak_bytes"] = child(1, {"MALLOC_MMAP_THRESHOLD_": "65536"})["peak_bytes"]
+    return row
 
 
 def report(title: str, rows: list[dict]) -> None:

@@ -385,7 +385,8 @@ def _image_4d() -> sitk.Image:
 BAD_INPUTS = {
     "missing": (lambda p: p / "nope.nii.gz", r"no such file or directory"),
     "zero-byte": (_write("empty.nii.gz", lambda p: b""), r"the file is empty \(0 bytes\)"),
-    "not-gzip": (_write("plain.nii.gz", _nifti_bytes), r"not gzip-compressed although named .nii.gz.*rename it to .nii"),
+    "not-gzip": (_write("plain.nii.gz", _nifti_bytes),
+                 r"not gzip-compressed although named .nii.gz.*rename it to .nii"),
     "bad-deflate": (_write("bad.nii.gz", _damaged_gzip), r"corrupt gzip stream"),
     "truncated-gz": (_write("cut.nii.gz", lambda p: gzip.compress(_nifti_bytes(p))[:-300]),
                      r"corrupt gzip stream"),

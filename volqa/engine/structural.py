@@ -34,7 +34,7 @@ from .conventions import (
     window_taps,
 )
 from .filters import separable_filter
-from .tiling import crop_to_map, default_max_memory, plan_tiles
+from .tiling import crop_to_map, default_max_memory, image_mean, plan_tiles
 
 # --------------------------------------------------------------------------- one slab
 
@@ -347,10 +347,8 @@ def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memo
     check_constants(s.k1, s.k2, L, limits=(info.tiny, info.max))
     c1, c2 = (s.k1 * L) ** 2, (s.k2 * L) ** 2
     dims = tuple(range(2, x.ndim))
-    # the shift that keeps the local moments well conditioned; a float64 mean, so that it
-    # (and every value after it) does not depend on how many threads torch sums with
-    centre = tuple(t.detach().mean(dims, keepdim=True, dtype=torch.float64).to(t.dtype)
-                   for t in (x, y))
+    # the shift that keeps the local moments well conditioned (a float64 sum, bounded memory)
+    centre = (image_mean(x.detach()), image_mean(y.detach()))
 
     map_shape = tuple(n - w + 1 for n, w in zip(x.shape[2:], sizes))
     if m is not None:
