@@ -233,14 +233,13 @@ def test_tiles_along_two_axes_when_slabs_would_be_thin():
     assert torch.equal(ma, mb) and abs(float(a) - float(b)) < 1e-12
 
 
-def test_image_mean_in_slabs_equals_float64_mean(monkeypatch):
+def test_image_mean_in_slabs_equals_float64_mean():
     from volqa.engine import tiling
 
-    monkeypatch.setattr(tiling, "MEAN_CHUNK_ELEMENTS", 50)  # slabs of 1 and several rows
     rng = np.random.default_rng(40)
     for shape in [(2, 3, 7, 5, 4), (1, 1, 9, 4), (1, 2, 5, 30, 2)]:
         a = rng.normal(1000, 10, shape).astype(np.float32)
-        got = tiling.image_mean(torch.from_numpy(a))
+        got = tiling.image_mean(torch.from_numpy(a), 400)  # slabs of one and of several rows
         want = a.astype(np.float64).mean(axis=tuple(range(2, a.ndim)), keepdims=True)
         assert got.dtype == torch.float32 and got.shape == want.shape
         np.testing.assert_array_equal(got.numpy(), want.astype(np.float32))

@@ -347,8 +347,6 @@ def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memo
     check_constants(s.k1, s.k2, L, limits=(info.tiny, info.max))
     c1, c2 = (s.k1 * L) ** 2, (s.k2 * L) ** 2
     dims = tuple(range(2, x.ndim))
-    # the shift that keeps the local moments well conditioned (a float64 sum, bounded memory)
-    centre = (image_mean(x.detach()), image_mean(y.detach()))
 
     map_shape = tuple(n - w + 1 for n, w in zip(x.shape[2:], sizes))
     if m is not None:
@@ -362,6 +360,8 @@ def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memo
             )
     grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     budget = max_memory if max_memory is not None else default_max_memory(x.device, grad=grad)
+    # the shift that keeps the local moments well conditioned (a float64 sum within the budget)
+    centre = (image_mean(x.detach(), budget), image_mean(y.detach(), budget))
     step0, step1 = plan_tiles(tuple(x.shape), sizes, map_shape, x.element_size() * (1 + grad),
                               budget)
 

@@ -28,9 +28,6 @@ CUDA_DEFAULT_MAX_MEMORY = 512 * 2**20
 #: (large slices: a slab of a few slices with its halo would not stay in cache).
 MIN_SLAB_SLICES = 8
 
-#: Elements that :func:`image_mean` converts to float64 at once (8 MiB).
-MEAN_CHUNK_ELEMENTS = 2**20
-
 T = TypeVar("T")
 
 
@@ -96,12 +93,13 @@ def crop_to_map(a: T, map_shape: Sequence[int], first_dim: int = 0) -> T:
     return a[lead + map_region(spatial, map_shape)]  # type: ignore[index]
 
 
-def image_mean(t: torch.Tensor) -> torch.Tensor:
+def image_mean(t: torch.Tensor, max_memory: int) -> torch.Tensor:
     """Per-(N, C) mean over the spatial dims of an ``(N, C, ...)`` tensor, kept as ``(N, C, 1,
     ...)`` in ``t``'s dtype. Summed in float64 (so it does not depend on how many threads torch
-    sums with) one slab along the first spatial axis at a time: ``t.mean(dtype=torch.float64)``
-    would copy the whole volume to float64, 1 GiB for a 512³ float32 volume."""
-    step = max(1, MEAN_CHUNK_ELEMENTS // max(1, t[:, :, :1].numel()))
+    sums with), in slabs along the first spatial axis whose float64 copies fit ``max_memory``
+    bytes: ``t.mean(dtype=torch.float64)`` would copy the whole volume to float64 (1 GiB for a
+    512³ float32 volume)."""
+    step = max(1, max_memory // 8 // max(1, t[:, :, :1].numel()))
     dims = tuple(range(2, t.ndim))
     total = sum(t.narrow(2, i, min(step, t.shape[2] - i)).sum(dims, keepdim=True,
                                                                dtype=torch.float64)
