@@ -186,7 +186,8 @@ def ssim(
         overrides it). Volumes are cut into slabs along the first spatial axis and, when a slab
         of 8 slices would not fit, into tiles along the second axis too, each read with a
         ``win_size - 1`` halo: the map is identical to one pass. One output row is the smallest
-        tile, so a budget below that is exceeded rather than refused.
+        tile, so a budget below that is exceeded rather than refused. The image means (the
+        centring shift) are summed in float64 slabs of 32 MiB, whatever the budget.
     settings : SSIMSettings, optional
         All the SSIM options at once (instead of ``preset``, ``window``, ... which must then
         be left out).
@@ -360,8 +361,8 @@ def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memo
             )
     grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     budget = max_memory if max_memory is not None else default_max_memory(x.device, grad=grad)
-    # the shift that keeps the local moments well conditioned (a float64 sum within the budget)
-    centre = (image_mean(x.detach(), budget), image_mean(y.detach(), budget))
+    # the shift that keeps the local moments well conditioned (float64 sums, in slabs)
+    centre = (image_mean(x.detach()), image_mean(y.detach()))
     step0, step1 = plan_tiles(tuple(x.shape), sizes, map_shape, x.element_size() * (1 + grad),
                               budget)
 

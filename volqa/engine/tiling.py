@@ -28,6 +28,9 @@ CUDA_DEFAULT_MAX_MEMORY = 512 * 2**20
 #: (large slices: a slab of a few slices with its halo would not stay in cache).
 MIN_SLAB_SLICES = 8
 
+#: Elements per float64 slab of :func:`image_mean` (32 MiB, the CPU tile budget).
+MEAN_SLAB_ELEMENTS = 2**22
+
 T = TypeVar("T")
 
 
@@ -93,13 +96,13 @@ def crop_to_map(a: T, map_shape: Sequence[int], first_dim: int = 0) -> T:
     return a[lead + map_region(spatial, map_shape)]  # type: ignore[index]
 
 
-def image_mean(t: torch.Tensor, max_memory: int) -> torch.Tensor:
+def image_mean(t: torch.Tensor) -> torch.Tensor:
     """Per-(N, C) mean over the spatial dims of an ``(N, C, ...)`` tensor, kept as ``(N, C, 1,
     ...)`` in ``t``'s dtype. Summed in float64 (so it does not depend on how many threads torch
-    sums with), in slabs along the first spatial axis whose float64 copies fit ``max_memory``
-    bytes: ``t.mean(dtype=torch.float64)`` would copy the whole volume to float64 (1 GiB for a
-    512³ float32 volume)."""
-    step = max(1, max_memory // 8 // max(1, t[:, :, :1].numel()))
+    sums with) in slabs along the first spatial axis of at most :data:`MEAN_SLAB_ELEMENTS`
+    (``t.mean(dtype=torch.float64)`` would copy the whole volume to float64: 1 GiB for a 512³
+    float32 volume). The slabs do not depend on ``max_memory``, so neither does the result."""
+    step = max(1, MEAN_SLAB_ELEMENTS // max(1, t[:, :, :1].numel()))
     dims = tuple(range(2, t.ndim))
     total = sum(t.narrow(2, i, min(step, t.shape[2] - i)).sum(dims, keepdim=True,
                                                                dtype=torch.float64)
