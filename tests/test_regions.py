@@ -4,6 +4,7 @@ in a batch, against scikit-image and numpy computed here."""
 from __future__ import annotations
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -99,6 +100,46 @@ def test_resume_reuses_region_rows_and_overwrite_removes_them(tmp_path):
     assert (out / "regions.parquet").exists()
     volqa.score_manifest(make(tmp_path, labels=False), out=out, overwrite=True)
     assert not (out / "regions.csv").exists() and not (out / "regions.parquet").exists()
+
+
+REGION_FORGERIES = {  # region rows re-signed with a valid checksum, but not what volqa writes
+    "value-as-text": (lambda rows: [{**rows[0], "ssim": "0.99"}, *rows[1:]],
+                      r"field 'ssim' = '0\.99' in region 1 is not a float64 value"),
+    "unknown-column": (lambda rows: [{**rows[0], "bonus": 1.0}, *rows[1:]],
+                       r"unknown field 'bonus' in region 1"),
+    "bad-status": (lambda rows: [{**rows[0], "status": "great"}, *rows[1:]],
+                   r"status 'great' in region 1 is neither 'ok' nor 'undefined'"),
+    "no-label": (lambda rows: [{k: v for k, v in rows[0].items() if k != "region"}, *rows[1:]],
+                 r"a region row without an integer 'region' \(None\)"),
+    "not-a-list": (lambda rows: {"1": rows[0]}, r"field 'regions' is not a list of region rows"),
+}
+
+
+@pytest.mark.parametrize("forgery", list(REGION_FORGERIES))
+def test_forged_region_rows_in_the_journal_are_recomputed(tmp_path, forgery):
+    from volqa.io.journal import record_check
+
+    change, reason = REGION_FORGERIES[forgery]
+    manifest = make(tmp_path)
+    out = tmp_path / "out"
+    first = volqa.score_manifest(manifest, out=out, metrics="ssim,mae")
+    journal = out / "journal.jsonl"
+    lines = journal.read_text().splitlines()
+    for i, line in enumerate(lines):
+        rec = json.loads(line)
+        if rec["type"] == "result" and rec["subject_id"] == "s1":
+            body = {k: v for k, v in rec.items() if k != "check"}
+            body["regions"] = change(body["regions"])
+            lines[i] = json.dumps({**body, "check": record_check(body)}, sort_keys=True)
+    journal.write_text("\n".join(lines) + "\n")
+    result = cli.invoke(app, ["score", str(manifest), "--out", str(out), "--resume",
+                              "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"journal\.jsonl: .*{reason}; the line is ignored", result.stderr), \
+        result.stderr
+    assert "1 row(s) reused, 1 to compute" in result.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "regions.parquet"),
+                                  first.attrs["regions"], check_dtype=False)
 
 
 def test_score_pair_regions_and_flipped_label_map(tmp_path):

@@ -170,7 +170,8 @@ def score_manifest(
     strict : bool, default False
         A missing input file is a manifest error (nothing scored) instead of a failed row.
     progress : bool, default False
-        Progress bar and warnings (missing files, what resume reuses) on stderr.
+        Progress bar on stderr. Warnings (missing files, journal lines ignored, what resume
+        reuses) go to stderr either way.
     scorer : RowScorer, optional
         Replaces the row scorer.
     executor : {"threads", "processes", "dask"} or Executor, optional
@@ -255,13 +256,13 @@ def _run(part: Manifest, s: Settings, ex: Execution, out_dir: Path | None,
             raise OutputError(f"cannot write to output folder {str(out_dir)!r} "
                               f"({SETTINGS_NAME}: {exc.strerror or exc}); free space or fix "
                               "the folder's permissions, or choose another --out") from None
-    if progress:
-        warn(missing_files(part))
-        if resumed is not None:
-            warn(f"{JOURNAL_NAME}: {why}; the line is ignored" for why in skipped)
-            why = f"; settings changed: {', '.join(changed)}" if changed else ""
-            sys.stderr.write(f"volqa: resuming in {printable(str(out_dir))}: "
-                             f"{plan.describe()}{printable(why)}\n")
+    # warnings whether or not a progress bar is shown (--no-progress must not hide them)
+    warn(missing_files(part))
+    if resumed is not None:
+        warn(f"{JOURNAL_NAME}: {why}; the line is ignored" for why in skipped)
+        why = f"; settings changed: {', '.join(changed)}" if changed else ""
+        sys.stderr.write(f"volqa: resuming in {printable(str(out_dir))}: "
+                         f"{plan.describe()}{printable(why)}\n")
     batch = Batch(part, s, ex, plan, out_dir, fail_fast, progress, scorer, executor, meta)
     return batch.run()
 

@@ -25,14 +25,14 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..io.journal import read_journal
 from ..io.manifest import ManifestRow
 from ..io.paths import input_files
-from ..schema import HEAD_COLUMNS, METRICS, ROW_COLUMNS, SETTING_COLUMNS
+from ..schema import HEAD_COLUMNS, METRICS, REGION_COLUMNS, ROW_COLUMNS, SETTING_COLUMNS
 
 __all__ = ["KILL_LIMIT", "fingerprint", "row_inputs", "row_key", "record_problem",
            "journal_records", "ResumePlan", "plan_resume"]
@@ -100,16 +100,48 @@ def record_problem(record: Mapping[str, Any]) -> str | None:
     fields = record["fields"]
     if fields.get("status") not in ("ok", "error"):
         return f"status {fields.get('status')!r} is neither 'ok' nor 'error'"
-    for name, value in fields.items():
-        dtype = METRICS[name].dtype if name in METRICS else _FIELD_TYPES.get(name)
+    problem = _values_problem(fields, lambda name: METRICS[name].dtype if name in METRICS
+                              else _FIELD_TYPES.get(name))
+    if problem:
+        return problem
+    if fields["status"] == "ok" and fields.get("error") is not None:
+        return "an 'ok' row with an error message"
+    if "regions" in record:
+        return _regions_problem(record["regions"])
+    return None
+
+
+def _values_problem(values: Mapping[str, Any], dtype_of: Callable[[str], str | None],
+                    where: str = "") -> str | None:
+    """The first value whose name is unknown (``dtype_of(name)`` is None) or whose type is not
+    its column's, or None."""
+    for name, value in values.items():
+        dtype = dtype_of(name)
         if dtype is None:
-            return f"unknown field {name!r}"
+            return f"unknown field {name!r}{where}"
         allowed = _PYTHON_TYPES[dtype]
         if value is not None and (not isinstance(value, allowed)
                                   or (bool not in allowed and isinstance(value, bool))):
-            return f"field {name!r} = {value!r} is not a {dtype} value"
-    if fields["status"] == "ok" and fields.get("error") is not None:
-        return "an 'ok' row with an error message"
+            return f"field {name!r} = {value!r}{where} is not a {dtype} value"
+    return None
+
+
+def _regions_problem(regions: Any) -> str | None:
+    """Why a result record's per-region rows are not what volqa writes, or None."""
+    if not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):
+        return "field 'regions' is not a list of region rows"
+    types = {c.name: c.dtype for c in REGION_COLUMNS}
+    types |= {m.name.removesuffix("_masked"): m.dtype
+              for m in METRICS.masked_forms(METRICS.names())}
+    for r in regions:
+        where = f" in region {r.get('region')!r}"
+        if not isinstance(r.get("region"), int) or isinstance(r.get("region"), bool):
+            return f"a region row without an integer 'region' ({r.get('region')!r})"
+        if r.get("status") not in ("ok", "undefined"):
+            return f"status {r.get('status')!r}{where} is neither 'ok' nor 'undefined'"
+        problem = _values_problem(r, types.get, where)
+        if problem:
+            return problem
     return None
 
 
