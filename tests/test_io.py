@@ -152,6 +152,45 @@ def test_4d_with_one_volume_is_3d(tmp_path):
     np.testing.assert_array_equal(vol.array, data[..., 0])
 
 
+@pytest.mark.parametrize("shape", [(33, 17, 40), (32, 32, 32), (5, 70, 3)])
+@pytest.mark.parametrize("layout", ["fortran", "permuted", "flipped", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_c_order_copy_equals_numpy_for_every_layout(shape, layout, dtype):
+    """The blocked copy into C order gives numpy's values for any layout and block remainder."""
+    base = (np.random.default_rng(4).random((80, 80, 80)) * 3000).astype(dtype)
+    view = {"fortran": np.asfortranarray(base[: shape[0], : shape[1], : shape[2]]),
+            "permuted": base[: shape[2], : shape[0], : shape[1]].transpose(1, 2, 0),
+            "flipped": base[: shape[0], : shape[1], : shape[2]][::-1, :, ::-1],
+            "strided": base[::2, :, ::2][: shape[0], : shape[1], : shape[2]]}[layout]
+    assert view.shape == shape and not view.flags.c_contiguous
+    out = volqa.io.volume.c_order_float32(view)
+    assert out.flags.c_contiguous and out.dtype == np.float32
+    np.testing.assert_array_equal(out, view.astype(np.float32))
+
+
+def test_c_order_of_a_c_ordered_float32_array_is_no_copy():
+    array = np.zeros((4, 5, 6), np.float32)
+    assert volqa.io.volume.c_order_float32(array) is array
+
+
+def test_gzip_members_padding_and_truncation(tmp_path):
+    """A .nii.gz may hold several gzip members (``cat a.gz b.gz``) and trailing zero
+    padding, as gzip itself accepts; a stream cut short is an error, as gzip says."""
+    raw = _nifti_bytes(tmp_path)
+    half = len(raw) // 2
+    packed = gzip.compress(raw[:half]) + gzip.compress(raw[half:]) + bytes(7)
+    assert gzip.decompress(packed) == raw  # the reference reader agrees
+    (tmp_path / "two.nii.gz").write_bytes(packed)
+    vol = read_volume(tmp_path / "two.nii.gz")
+    np.testing.assert_array_equal(vol.array, np.asarray(nib.load(tmp_path / "good.nii").dataobj))
+    cut = gzip.compress(raw)[:-4]  # no length in the trailer
+    with pytest.raises(EOFError):
+        gzip.decompress(cut)
+    (tmp_path / "cut.nii.gz").write_bytes(cut)
+    with pytest.raises(InputError, match=r"cut\.nii\.gz.*corrupt gzip stream"):
+        read_volume(tmp_path / "cut.nii.gz")
+
+
 @pytest.mark.parametrize(
     ("dtype", "low", "high", "slope", "inter"),
     [

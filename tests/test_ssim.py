@@ -246,6 +246,26 @@ def test_image_mean_in_slabs_equals_float64_mean(monkeypatch):
         np.testing.assert_array_equal(got.numpy(), want.astype(np.float32))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("grad", [False, True])
+def test_sum64_accumulates_in_float64(dtype, grad):
+    """Every path of sum64 (numpy on the CPU, torch under autograd or for half floats)
+    equals a float64 sum, on a strided view, and keeps the gradient when one is needed."""
+    from volqa.engine.tiling import sum64
+
+    base = torch.from_numpy(np.random.default_rng(41).normal(100, 30, (2, 3, 9, 8, 6)))
+    t = base.to(dtype)[:, :, 1:8, ::2].requires_grad_(grad)
+    got = sum64(t, (2, 3, 4))
+    want = t.detach().double().numpy().sum(axis=(2, 3, 4))
+    assert got.dtype == torch.float64 and got.requires_grad == grad
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-14)
+    kept = sum64(t, (2, 3), keepdim=True)
+    assert kept.shape == (2, 3, 1, 1, 6)
+    if grad:
+        got.sum().backward()
+        assert t.grad is not None and bool((t.grad == 1).all())
+
+
 MEMORY_PROBE = """
 import numpy as np, torch, volqa
 x = np.random.default_rng(0).random((256, 256, 256), dtype=np.float32)

@@ -34,7 +34,7 @@ from .conventions import (
     window_taps,
 )
 from .filters import separable_filter
-from .tiling import crop_to_map, default_max_memory, image_mean, plan_tiles
+from .tiling import crop_to_map, default_max_memory, image_mean, plan_tiles, sum64
 
 # --------------------------------------------------------------------------- one slab
 
@@ -295,7 +295,7 @@ def _slices(x, y, axis, s, L, mask, reduction, return_map, max_memory):
         keep = counts > 0
         if not bool(keep.any()):
             raise InputError("mask has no voxel inside the region the SSIM maps cover")
-        sums = (smap.reshape(n, c, -1, *smap.shape[-2:]) * m).sum((-2, -1), dtype=torch.float64)
+        sums = sum64(smap.reshape(n, c, -1, *smap.shape[-2:]) * m, (-2, -1))
         per_slice = sums[..., keep] / counts[keep]
     per_nc = per_slice.mean(-1)
     out = per_nc if reduction == "none" else per_nc.mean(1)
@@ -384,7 +384,7 @@ def _ssim(x, y, s: SSIMSettings, L: float, mask, reduction, return_map, max_memo
             else:
                 smap = slab(*args)
             inside = smap * m[o0:o1, h0:h1] if m is not None else smap
-            total += inside.sum(dims, dtype=torch.float64)
+            total += sum64(inside, dims)
             if return_map:
                 tiles.append(smap)
         if return_map:

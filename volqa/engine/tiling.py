@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 #: CPU tile budget when ``max_memory`` is not given. Small tiles stay in cache and are faster
@@ -96,15 +97,27 @@ def crop_to_map(a: T, map_shape: Sequence[int], first_dim: int = 0) -> T:
     return a[lead + map_region(spatial, map_shape)]  # type: ignore[index]
 
 
+def sum64(t: torch.Tensor, dims: tuple[int, ...], keepdim: bool = False) -> torch.Tensor:
+    """Sum over ``dims`` accumulated in float64, for ``t`` of any float dtype.
+
+    On the CPU, without autograd, numpy's pairwise sum does it: torch's float64-accumulating
+    sum of a float32 tensor converts element by element, 12x slower (32 ms against 2.7 ms for
+    2^22 voxels; a quarter of a 256^3 SSIM). Elsewhere ``torch.sum(dtype=torch.float64)``."""
+    if t.device.type == "cpu" and not t.requires_grad and t.dtype in (torch.float32, torch.float64):
+        out = t.numpy().sum(axis=dims, dtype=np.float64, keepdims=keepdim)
+        return torch.from_numpy(np.asarray(out))
+    return t.sum(dims, keepdim=keepdim, dtype=torch.float64)
+
+
 def image_mean(t: torch.Tensor) -> torch.Tensor:
     """Per-(N, C) mean over the spatial dims of an ``(N, C, ...)`` tensor, kept as ``(N, C, 1,
-    ...)`` in ``t``'s dtype. Summed in float64 (so it does not depend on how many threads torch
-    sums with) in slabs along the first spatial axis of at most :data:`MEAN_SLAB_ELEMENTS`
-    (``t.mean(dtype=torch.float64)`` would copy the whole volume to float64: 1 GiB for a 512³
-    float32 volume). The slabs do not depend on ``max_memory``, so neither does the result."""
+    ...)`` in ``t``'s dtype. Summed in float64 (:func:`sum64`, so it does not depend on how many
+    threads torch sums with) in slabs along the first spatial axis of at most
+    :data:`MEAN_SLAB_ELEMENTS` (``t.mean(dtype=torch.float64)`` would copy the whole volume to
+    float64: 1 GiB for a 512³ float32 volume). The slabs do not depend on ``max_memory``, so
+    neither does the result."""
     step = max(1, MEAN_SLAB_ELEMENTS // max(1, t[:, :, :1].numel()))
     dims = tuple(range(2, t.ndim))
-    total = sum(t.narrow(2, i, min(step, t.shape[2] - i)).sum(dims, keepdim=True,
-                                                               dtype=torch.float64)
+    total = sum(sum64(t.narrow(2, i, min(step, t.shape[2] - i)), dims, keepdim=True)
                 for i in range(0, t.shape[2], step))
     return (total / math.prod(t.shape[2:])).to(t.dtype)

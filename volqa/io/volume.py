@@ -14,7 +14,8 @@ from nibabel.orientations import aff2axcodes
 
 from .paths import read_error
 
-__all__ = ["LPS_TO_RAS", "Volume", "lps_geometry", "as_3d", "as_float32", "check_finite",
+__all__ = ["LPS_TO_RAS", "Volume", "lps_geometry", "as_3d", "as_float32", "c_order_float32",
+           "check_finite",
            "check_affine", "check_memory", "format_bytes"]
 
 #: Integers above this magnitude are not all exactly representable in float64 (2**53).
@@ -56,7 +57,7 @@ class Volume:
     notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        array = np.ascontiguousarray(self.array, dtype=np.float32)
+        array = c_order_float32(self.array)
         affine = np.asarray(self.affine, dtype=np.float64)
         if array.ndim != 3:
             raise ValueError(f"Volume needs a 3-D array, got shape {array.shape} ({self.source})")
@@ -172,7 +173,28 @@ def as_float32(data: np.ndarray, source: str) -> tuple[np.ndarray, tuple[str, ..
                      "float32 rounds them (relative error <= 6e-8)",)
     # one copy, into C order: NIfTI data is stored Fortran-ordered, and every consumer (the
     # SSIM engine, the error sums) works in slabs along the first axis
-    return np.ascontiguousarray(data, dtype=np.float32), notes
+    return c_order_float32(data), notes
+
+
+#: Edge of the blocks :func:`c_order_float32` copies (16 x all x 16 voxels).
+_BLOCK = 16
+
+
+def c_order_float32(data: np.ndarray) -> np.ndarray:
+    """``data`` as a C-contiguous float32 array: itself when it already is one, else a copy.
+
+    A 3-D array in another layout (NIfTI's Fortran order, ITK's reversed axes, a reoriented
+    view) is copied in blocks of 16 along its first and last axes. ``numpy.ascontiguousarray``
+    walks the whole source at a stride of a plane per element, which at power-of-two sizes
+    (256^3, 512 x 512 x N) keeps evicting the same cache sets: 3x slower than the blocks.
+    """
+    if data.ndim != 3 or data.flags.c_contiguous:
+        return np.ascontiguousarray(data, dtype=np.float32)
+    out = np.empty(data.shape, dtype=np.float32)
+    for i in range(0, data.shape[0], _BLOCK):
+        for k in range(0, data.shape[2], _BLOCK):
+            out[i:i + _BLOCK, :, k:k + _BLOCK] = data[i:i + _BLOCK, :, k:k + _BLOCK]
+    return out
 
 
 def check_affine(affine: np.ndarray, source: str, origin: str = "the affine") -> None:
