@@ -20,6 +20,11 @@ from pipeline_data import results_in
 
 from volqa.pipeline import RowScorer
 
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin
+except ImportError:  # the Dask tests are skipped then
+    WorkerPlugin = object  # type: ignore[assignment,misc]
+
 ROOT = Path(__file__).resolve().parents[1]
 #: Columns that differ between runs of the same manifest (timing, machine).
 VARYING = ["seconds", "host"]
@@ -56,6 +61,43 @@ class Slow(RowScorer):
                 fh.write(f"{p.job.index} {os.getpid()}\n")
         time.sleep(self.delay)
         return super().engine_metrics(p, *args, **kwargs)
+
+
+class ReadSpy(WorkerPlugin):
+    """A Dask worker plugin, on every worker present and future (a restarted one too): logs
+    each ``read_volume`` call as ``"<file name> <pid>"`` to ``log``, and kills (SIGKILL) the
+    process that reads a file named ``kill``, as an out-of-memory kill would."""
+
+    name = "volqa-read-spy"
+
+    def __init__(self, log: str | os.PathLike[str], kill: str | None = None) -> None:
+        self.log = str(log)
+        self.kill = kill
+
+    def setup(self, worker=None) -> None:
+        import volqa.io.readers as readers
+
+        real = self._real = readers.read_volume
+
+        def spy(path, *args, **kwargs):
+            name = Path(os.fspath(path)).name
+            with open(self.log, "a", encoding="utf-8") as fh:
+                fh.write(f"{name} {os.getpid()}\n")
+            if name == self.kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(path, *args, **kwargs)
+
+        readers.read_volume = spy
+
+    def teardown(self, worker=None) -> None:
+        import volqa.io.readers as readers
+
+        readers.read_volume = self._real
+
+    def reads(self) -> dict[str, int]:
+        """File name -> times read so far."""
+        names = [line.split()[0] for line in Path(self.log).read_text().splitlines()]
+        return {n: names.count(n) for n in names}
 
 
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.05) -> None:

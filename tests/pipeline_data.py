@@ -78,6 +78,24 @@ def make_batch(root: Path, n: int = 4, *, mask: bool = False, noise: float = 4.0
     return write_manifest(root / "manifest.csv", rows)
 
 
+def make_study(root: Path, subjects: int = 2, methods: int = 3, *, mask: bool = False) -> Path:
+    """Each subject's reference (and mask) listed once per method, as a study lists them."""
+    rows = []
+    for s in range(subjects):
+        ref = phantom(s)
+        write_nii(root / f"ref{s}.nii.gz", ref)
+        if mask:
+            m = np.zeros(SHAPE, np.uint8)
+            m[3:15, 4:14, 2:12 + s] = 1
+            write_nii(root / f"mask{s}.nii.gz", m)
+        for m in range(methods):
+            write_nii(root / f"s{s}_m{m}.nii.gz", degrade(ref, 10 * s + m))
+            rows.append({"subject_id": f"sub-{s}", "reference": f"ref{s}.nii.gz",
+                         "test": f"s{s}_m{m}.nii.gz", "method": f"m{m}"}
+                        | ({"mask": f"mask{s}.nii.gz"} if mask else {}))
+    return write_manifest(root / "manifest.csv", rows)
+
+
 def sha256_tree(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root`` (relative path -> digest; FIFOs and devices, which
     cannot be read without blocking, as "<special>")."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pipeline_data import degrade, phantom, write_manifest, write_nii
+from pipeline_data import make_study, phantom, write_nii
 
 import volqa
 import volqa.io.readers as readers
@@ -33,22 +33,9 @@ def counted_reads(monkeypatch) -> Counter:
     return reads
 
 
-def _study(root: Path, subjects: int = 2, methods: int = 3) -> Path:
-    """Each subject's reference listed once per method, as a study lists them."""
-    rows = []
-    for s in range(subjects):
-        ref = phantom(s)
-        write_nii(root / f"ref{s}.nii.gz", ref)
-        for m in range(methods):
-            write_nii(root / f"s{s}_m{m}.nii.gz", degrade(ref, 10 * s + m))
-            rows.append({"subject_id": f"sub-{s}", "reference": f"ref{s}.nii.gz",
-                         "test": f"s{s}_m{m}.nii.gz", "method": f"m{m}"})
-    return write_manifest(root / "manifest.csv", rows)
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_shared_reference_is_read_once(tmp_path, counted_reads, workers) -> None:
-    manifest = _study(tmp_path)
+    manifest = make_study(tmp_path)
     got = volqa.score_manifest(manifest, workers=workers)
     assert counted_reads["ref0.nii.gz"] == 1 and counted_reads["ref1.nii.gz"] == 1
     assert all(counted_reads[f"s{s}_m{m}.nii.gz"] == 1 for s in range(2) for m in range(3))
@@ -139,7 +126,7 @@ def test_threads_asking_for_one_file_wait_for_one_read(tmp_path) -> None:
 
 def test_normalize_none_on_a_cached_reference_equals_uncached(tmp_path) -> None:
     """With --normalize none the normalised reference is the cached (read-only) array."""
-    manifest = _study(tmp_path, subjects=1, methods=2)
+    manifest = make_study(tmp_path, subjects=1, methods=2)
     cached = volqa.score_manifest(manifest, normalize="none", workers=1)
     alone = [volqa.score_pair(tmp_path / r, tmp_path / t, normalize="none")
              for r, t in zip(cached["reference"], cached["test"], strict=True)]

@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from executor_helpers import DaskCluster, KillOn, Slow, comparable, journal_rows, wait_for
-from pipeline_data import make_batch
+from executor_helpers import (DaskCluster, KillOn, ReadSpy, Slow, comparable, journal_rows,
+                              wait_for)
+from pipeline_data import make_batch, make_study
 
 import volqa
 from volqa.errors import SettingsError
@@ -96,6 +98,55 @@ def test_a_row_that_kills_its_workers_fails_alone(cluster, batch, tmp_path) -> N
     assert "s3_ref.nii.gz" in error and "died every time it was tried" in error
     keep = [i for i in range(8) if i != 3]
     # (the error row's nulls make 'resampled' an object column)
+    pd.testing.assert_frame_equal(comparable(got).loc[keep], comparable(expected).loc[keep],
+                                  check_dtype=False)
+    with cluster.client() as client:
+        client.wait_for_workers(2, timeout=120)
+
+
+@contextmanager
+def spying(cluster: DaskCluster, spy: ReadSpy):
+    """``spy`` on every worker of ``cluster`` while the block runs."""
+    with cluster.client() as client:
+        client.register_plugin(spy)
+        try:
+            yield spy
+        finally:
+            client.unregister_worker_plugin(spy.name)
+
+
+def test_a_reference_listed_by_several_rows_is_read_once_on_the_cluster(cluster, tmp_path):
+    """Three subjects x three methods, each reference and mask listed three times: Dask reads
+    each once for its rows (the threads executor's table); a reference that cannot be read
+    fails its rows with the threads executor's error."""
+    manifest = make_study(tmp_path, subjects=3, methods=3, mask=True)
+    cut = tmp_path / "ref2.nii.gz"  # its header reads, its data does not
+    cut.write_bytes(cut.read_bytes()[:-300])
+    expected = volqa.score_manifest(manifest, executor="threads", workers=1)
+    with spying(cluster, ReadSpy(tmp_path / "reads.log")) as spy:
+        got = volqa.score_manifest(manifest, executor="dask", scheduler=cluster.address)
+    pd.testing.assert_frame_equal(comparable(got), comparable(expected))
+    assert got["status"].tolist() == ["ok"] * 6 + ["error"] * 3
+    assert "ref2.nii.gz" in got.loc[6, "error"]
+    reads = spy.reads()
+    assert {n: reads.get(n) for n in ("ref0.nii.gz", "ref1.nii.gz", "mask0.nii.gz",
+                                     "mask1.nii.gz", "mask2.nii.gz")} == dict.fromkeys(
+        ("ref0.nii.gz", "ref1.nii.gz", "mask0.nii.gz", "mask1.nii.gz", "mask2.nii.gz"), 1)
+    assert all(reads.get(f"s{s}_m{m}.nii.gz") == 1 for s in range(2) for m in range(3))
+    assert reads["ref2.nii.gz"] == 1 + 3  # the shared read failed: each row read it itself
+
+
+def test_a_shared_reference_whose_read_kills_workers_fails_only_its_rows(cluster, tmp_path):
+    manifest = make_study(tmp_path, subjects=3, methods=2)
+    expected = volqa.score_manifest(manifest, executor="threads", workers=1)
+    with spying(cluster, ReadSpy(tmp_path / "reads.log", kill="ref1.nii.gz")):
+        got = volqa.score_manifest(manifest, executor="dask", scheduler=cluster.address)
+    assert got["status"].tolist() == ["ok", "ok", "error", "error", "ok", "ok"]
+    for i in (2, 3):
+        error = got.loc[i, "error"]
+        assert error.startswith("subject 'sub-1'") and "KilledWorker" in error
+        assert "ref1.nii.gz" in error and "died every time it was tried" in error
+    keep = [0, 1, 4, 5]
     pd.testing.assert_frame_equal(comparable(got).loc[keep], comparable(expected).loc[keep],
                                   check_dtype=False)
     with cluster.client() as client:

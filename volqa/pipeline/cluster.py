@@ -12,7 +12,10 @@ paths in the manifest must name the same files on the workers (a shared file sys
 at the same place). Anything else fails the run with a message naming the worker and a file.
 
 Rows are submitted in manifest order, a few more than the cluster has threads, so that a
-stop (SIGINT/SIGTERM, ``--fail-fast``) waits only for the rows already handed out. A worker
+stop (SIGINT/SIGTERM, ``--fail-fast``) waits only for the rows already handed out. A
+reference (or mask, or label map) listed by several rows is read once, in a task of its own
+whose result those rows take (:mod:`.shared`: Dask runs them where the volume is, within
+:data:`SHARED_BYTES_PER_WORKER` per worker of volumes kept for rows to come). A worker
 that dies has its rows retried elsewhere by Dask; a row whose workers die again and again
 (``distributed.scheduler.allowed-failures``, 3 by default, set on the scheduler) ends in
 Dask's ``KilledWorker``. Dask counts a death against every row queued on the dying worker, so
@@ -37,13 +40,17 @@ from ..errors import SettingsError
 from ..execution import Execution
 from ..io.paths import split_series
 from ..settings import Settings
-from .cache import ReadCache
+from ..io.volume import Volume
+from .cache import DEFAULT_CACHE_BYTES, ReadCache
 from .row import RowJob, RowResult, RowScorer
+from .shared import SharedReads
 
-__all__ = ["DaskExecutor", "WORKER_WAIT_SECONDS"]
+__all__ = ["DaskExecutor", "SHARED_BYTES_PER_WORKER", "WORKER_WAIT_SECONDS"]
 
 #: How long the driver waits for the first worker to join the scheduler.
 WORKER_WAIT_SECONDS = 60.0
+#: Bytes of shared volumes kept for rows still to come, per worker (as a worker's ReadCache).
+SHARED_BYTES_PER_WORKER = DEFAULT_CACHE_BYTES
 
 _worker_cache: ReadCache | None = None
 
@@ -63,20 +70,44 @@ def _undo_malloc_trim() -> None:
         pass
 
 
-def _score_task(scorer: RowScorer, job: RowJob, settings: Settings,
-                execution: Execution) -> RowResult:
-    """One row on a Dask worker (references and masks through the worker's cache)."""
+def _worker_cache_ready() -> ReadCache:
+    """This worker's read cache (made, and glibc's malloc settings restored, on first use)."""
     global _worker_cache
     if _worker_cache is None:
         _worker_cache = ReadCache()
         if os.environ.get("MALLOC_TRIM_THRESHOLD_"):
             _undo_malloc_trim()
+    return _worker_cache
+
+
+def _read_task(path: str, max_bytes: int | None) -> Volume | None:
+    """A file listed by several rows, read once for all of them (see :mod:`.shared`); None
+    when it cannot be read: each row then reads it and reports why, as it would alone."""
+    from ..io.readers import read_volume
+
+    _worker_cache_ready()
+    try:
+        volume = read_volume(path, max_bytes=max_bytes)
+    except Exception:  # noqa: BLE001 - the rows read it again and give the error
+        return None
+    volume.array.flags.writeable = False  # rows on this worker share the array
+    return volume
+
+
+def _score_task(scorer: RowScorer, job: RowJob, settings: Settings, execution: Execution,
+                shared: dict[str, Volume | None] | None = None) -> RowResult:
+    """One row on a Dask worker: the ``shared`` volumes already read (role -> volume), the
+    other references and masks through the worker's cache."""
+    cache = _worker_cache_ready()
     if execution.threads is not None:
         import torch
 
         if torch.get_num_threads() != execution.threads:
             torch.set_num_threads(execution.threads)
-    return scorer.score(job, settings, execution, _worker_cache)
+    volumes = {role: v for role, v in (shared or {}).items() if v is not None}
+    for volume in volumes.values():
+        volume.array.flags.writeable = False
+    return scorer.score(replace(job, **volumes), settings, execution, cache)
 
 
 def _worker_check(paths: Sequence[str], execution: Execution) -> dict[str, Any]:
@@ -118,17 +149,25 @@ class DaskExecutor:
         shipped = replace(execution)  # the device is resolved again on each worker
         with _connect(self.scheduler, local) as client:
             _check_workers(client, jobs, shipped)
-            todo = iter(jobs)
+            todo = enumerate(jobs)
+            shared = SharedReads(jobs, SHARED_BYTES_PER_WORKER * len(client.nthreads()),
+                                 lambda path: client.submit(
+                                     _read_task, path, jobs[0].max_volume_bytes, pure=False,
+                                     key=f"volqa-read-{os.urandom(6).hex()}"))
             running: dict[str, tuple[Any, RowJob]] = {}
             suspects: list[RowJob] = []  # rows whose worker died: retried alone, once
             retried: set[int] = set()
             done = as_completed()
 
             def submit(job: RowJob | None = None) -> bool:
-                job = job or next(todo, None)
+                reads: dict[str, Any] = {}  # a suspect reads its files itself
                 if job is None:
-                    return False
-                future = client.submit(_score_task, scorer, job, settings, shipped, pure=False,
+                    pos, job = next(todo, (0, None))
+                    if job is None:
+                        return False
+                    reads = shared.for_job(pos, job)
+                future = client.submit(_score_task, scorer, job, settings, shipped, reads,
+                                       pure=False,
                                        key=f"volqa-row-{job.index}-{os.urandom(4).hex()}")
                 running[future.key] = (future, job)
                 done.add(future)
@@ -164,6 +203,7 @@ class DaskExecutor:
                                               "retried", None)
                         suspects.clear()
             finally:
+                shared.close()
                 if running:
                     client.cancel([f for f, _ in running.values()])
 
