@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pipeline_data import write_nii
 
+from volqa.io.volume import Volume
 from volqa.pipeline import RowJob
 from volqa.pipeline.shared import SharedReads, header_bytes
 
@@ -80,3 +83,12 @@ def test_header_bytes_from_the_header_alone(tmp_path: Path):
     write_nii(path, np.zeros((5, 6, 7), np.float32))
     assert header_bytes(str(path)) == 4 * 5 * 6 * 7
     assert header_bytes(str(tmp_path / "missing.nii.gz")) is None
+
+
+def test_a_volume_reports_its_voxels_to_dask():
+    """Dask weighs what a task returns with sys.getsizeof: a Volume counts its voxels, so a
+    worker's memory limit and the cost of moving one to another worker see its real size."""
+    volume = Volume(np.zeros((40, 50, 60), np.float32), np.eye(4), "v")
+    assert sys.getsizeof(volume) > 4 * 40 * 50 * 60
+    sizeof = pytest.importorskip("dask.sizeof").sizeof
+    assert sizeof(volume) >= 4 * 40 * 50 * 60

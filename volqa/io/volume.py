@@ -67,6 +67,10 @@ class Volume:
         object.__setattr__(self, "affine", affine)
         object.__setattr__(self, "notes", tuple(self.notes))
 
+    def __sizeof__(self) -> int:
+        """Bytes held, the voxels included (``sys.getsizeof``; Dask's memory accounting)."""
+        return object.__sizeof__(self) + self.array.nbytes + self.affine.nbytes
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """Array shape ``(I, J, K)``."""

@@ -39,8 +39,8 @@ from typing import Any
 from ..errors import SettingsError
 from ..execution import Execution
 from ..io.paths import split_series
-from ..settings import Settings
 from ..io.volume import Volume
+from ..settings import Settings
 from .cache import DEFAULT_CACHE_BYTES, ReadCache
 from .row import RowJob, RowResult, RowScorer
 from .shared import SharedReads
