@@ -59,8 +59,7 @@ def volume_from_sitk(image: sitk.Image, source: str, notes: Sequence[str] = ()) 
     affine_lps[:3, 3] = image.GetOrigin()[:3]
     check_affine(LPS_TO_RAS @ affine_lps, source, "the spacing, direction and origin")
     floats, found = as_float32(array, source)  # a copy, never a view of the ITK buffer
-    return Volume(floats, LPS_TO_RAS @ affine_lps, source,
-                  (*notes, *found))
+    return Volume(floats, LPS_TO_RAS @ affine_lps, source, (*notes, *found))
 
 
 def volume_to_sitk(volume: Volume) -> sitk.Image:

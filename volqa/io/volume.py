@@ -15,8 +15,7 @@ from nibabel.orientations import aff2axcodes
 from .paths import read_error
 
 __all__ = ["LPS_TO_RAS", "Volume", "lps_geometry", "as_3d", "as_float32", "c_order_float32",
-           "check_finite",
-           "check_affine", "check_memory", "format_bytes"]
+           "check_finite", "check_affine", "check_memory", "format_bytes"]
 
 #: Integers above this magnitude are not all exactly representable in float64 (2**53).
 FLOAT64_EXACT_INT = 2**53
