@@ -5,6 +5,7 @@ rate at which the same files can merely be read, per executor, for 1 and 2 worke
     python scripts/bench_batch.py                        # 8 pairs of 256^3 .nii.gz
     python scripts/bench_batch.py --pairs 16 --size 128 --methods 3
     python scripts/bench_batch.py --workers 1,2,4 --executors threads,processes
+    python scripts/bench_batch.py --device cuda --skip threads --workers 1,2,4   # SSIM on a GPU
 
 1. One row (the first pair), stage by stage, median of --repeat runs: read (reference and
    test), geometry check, normalisation, the CPU metrics (PSNR, NRMSE, MAE, MSE), SSIM, the
@@ -91,7 +92,7 @@ def timed(fn, repeat: int) -> tuple[float, float, object]:
     return statistics.median(walls), statistics.median(cpus), out
 
 
-def breakdown(manifest: Path, repeat: int) -> None:
+def breakdown(manifest: Path, repeat: int, device: str) -> None:
     import tempfile
 
     import torch
@@ -120,13 +121,14 @@ def breakdown(manifest: Path, repeat: int) -> None:
     stages["CPU metrics"] = timed(lambda: PairContext(
         norm.reference, norm.test, None, norm.data_range, settings).compute(cpu_metrics), repeat)
     stages["SSIM"] = timed(lambda: PairContext(
-        norm.reference, norm.test, None, norm.data_range, settings).compute(ssim_metrics), repeat)
-    fields = volqa.score_pair(row.reference, row.test, device="cpu")
+        norm.reference, norm.test, None, norm.data_range, settings, device=device
+    ).compute(ssim_metrics), repeat)
+    fields = volqa.score_pair(row.reference, row.test, device=device)
     with tempfile.TemporaryDirectory() as tmp, Journal(Path(tmp) / "j.jsonl") as journal:
         record = {"key": "k" * 24, "index": 0, "fields": fields}
         stages["journal"] = timed(lambda: journal.append(record), repeat)
     stages["score_pair"] = timed(
-        lambda: volqa.score_pair(row.reference, row.test, device="cpu"), repeat)
+        lambda: volqa.score_pair(row.reference, row.test, device=device), repeat)
     total = stages["score_pair"]
     print(f"\nOne row, {'x'.join(map(str, ref.shape))}, 1 torch thread (median of {repeat}):")
     print(f"{'stage':<14}{'wall s':>9}{'CPU s':>9}{'% of row':>10}")
@@ -172,7 +174,7 @@ def run_seconds(manifest: Path, **options) -> float:
     import volqa
 
     start = time.perf_counter()
-    frame = volqa.score_manifest(manifest, device="cpu", **options)
+    frame = volqa.score_manifest(manifest, **options)
     elapsed = time.perf_counter() - start
     if (frame["status"] != "ok").any():
         raise SystemExit(f"rows failed: {frame['error'].dropna().tolist()[:3]}")
@@ -203,7 +205,7 @@ def executor_options(executor: str, workers: int) -> dict:
     return {"executor": "dask", "scheduler": f"local:{workers}"}
 
 
-def batch(manifest: Path, workers: list[int], executors: list[str]) -> None:
+def batch(manifest: Path, workers: list[int], executors: list[str], device: str) -> None:
     import volqa
 
     volqa.score_manifest(first_rows(manifest, 1), executor="processes", jobs=1)  # fork server
@@ -216,14 +218,14 @@ def batch(manifest: Path, workers: list[int], executors: list[str]) -> None:
         read = read_rate(manifest, w)
         cells = []
         for e in executors:
-            rate, firsts[e, w] = score_rate(manifest, **executor_options(e, w))
+            rate, firsts[e, w] = score_rate(manifest, device=device, **executor_options(e, w))
             cells.append(f"{rate:.2f} ({rate / read:.2f})")
         print(f"{w:<9}{read:11.2f}" + "".join(f"{c:>20}" for c in cells))
     print("a one-row run (start-up and one row), s: " + ", ".join(
         f"{e} {w}: {t:.1f}" for (e, w), t in firsts.items()))
 
 
-def threads(manifest: Path) -> None:
+def threads(manifest: Path, device: str) -> None:
     from volqa.execution import Execution, usable_cores
 
     cores = usable_cores()
@@ -233,7 +235,8 @@ def threads(manifest: Path) -> None:
                                     ("processes, 2 jobs", {"executor": "processes",
                                                            "jobs": 2}, 2)):
         default = Execution().torch_threads(workers, cores)
-        rates = {t: score_rate(manifest, threads=t, **options)[0] for t in range(1, cores + 1)}
+        rates = {t: score_rate(manifest, threads=t, device=device, **options)[0]
+                 for t in range(1, cores + 1)}
         best = max(rates.values())
         cells = ", ".join(f"{t}{'*' if t == default else ''}: {r:.2f}" for t, r in rates.items())
         print(f"  {label:<22} {cells}; default / best = {rates[default] / best:.2f}")
@@ -249,20 +252,22 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--executors", default="threads,processes,dask")
     parser.add_argument("--skip", default="", help="comma-separated: breakdown,batch,threads")
+    parser.add_argument("--device", default="cpu", help="where SSIM runs: cpu, cuda")
     args = parser.parse_args()
     data = args.data or Path(f"/tmp/volqa-bench-{args.size}-{args.pairs}x{args.methods}")
     import torch
 
     print(f"volqa batch benchmark: {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"load {load()}")
+          f"SSIM on {args.device}, load {load()}")
     manifest = make_data(data, args.size, args.pairs, args.methods)
     skip = set(args.skip.split(","))
     if "breakdown" not in skip:
-        breakdown(manifest, args.repeat)
+        breakdown(manifest, args.repeat, args.device)
     if "batch" not in skip:
-        batch(manifest, [int(w) for w in args.workers.split(",")], args.executors.split(","))
+        batch(manifest, [int(w) for w in args.workers.split(",")], args.executors.split(","),
+              args.device)
     if "threads" not in skip:
-        threads(manifest)
+        threads(manifest, args.device)
     print(f"\nload at the end {load()}")
 
 

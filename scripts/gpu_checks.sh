@@ -13,3 +13,10 @@ python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_ssim.py tests/test_
 python3 scripts/bench_ssim.py --device cuda --size 128 256 --repeat 30 --loss
 VOLQA_COMPILE=1 python3 scripts/bench_ssim.py --device cuda --size 256 --repeat 30 --loss --impls volqa
 python3 scripts/bench_ssim.py --device cuda --size 512 --impls volqa
+# #11's batch ratio with SSIM on the GPU (reading stays on the CPU cores); needs volqa's I/O deps
+if python3 -c "import nibabel, SimpleITK, pandas, pyarrow" 2>/dev/null; then
+  python3 scripts/bench_batch.py --device cuda --skip threads --pairs 6 --workers 1,2,4 \
+    --executors threads,processes
+else
+  echo "bench_batch skipped: nibabel, SimpleITK, pandas or pyarrow missing (add wheels to .whl/)"
+fi
