@@ -174,8 +174,8 @@ def test_c_order_of_a_c_ordered_float32_array_is_no_copy():
 
 
 def test_gzip_members_padding_and_truncation(tmp_path):
-    """A .nii.gz may hold several gzip members (``cat a.gz b.gz``) and trailing zero
-    padding, as gzip itself accepts; a stream cut short is an error, as gzip says."""
+    """A .nii.gz may hold several gzip members (``cat a.gz b.gz``, or BGZF's many small ones)
+    and zero padding, as gzip itself accepts; a stream cut short is an error, as gzip says."""
     raw = _nifti_bytes(tmp_path)
     half = len(raw) // 2
     packed = gzip.compress(raw[:half]) + gzip.compress(raw[half:]) + bytes(7)
@@ -183,6 +183,10 @@ def test_gzip_members_padding_and_truncation(tmp_path):
     (tmp_path / "two.nii.gz").write_bytes(packed)
     vol = read_volume(tmp_path / "two.nii.gz")
     np.testing.assert_array_equal(vol.array, np.asarray(nib.load(tmp_path / "good.nii").dataobj))
+    blocks = b"".join(gzip.compress(raw[i:i + 512]) + bytes(i % 3)  # BGZF-like, padded
+                      for i in range(0, len(raw), 512))
+    (tmp_path / "blocks.nii.gz").write_bytes(blocks)
+    np.testing.assert_array_equal(read_volume(tmp_path / "blocks.nii.gz").array, vol.array)
     cut = gzip.compress(raw)[:-4]  # no length in the trailer
     with pytest.raises(EOFError):
         gzip.decompress(cut)

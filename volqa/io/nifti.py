@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -62,19 +63,34 @@ def read_nifti(path: Path, source: str, max_bytes: int | None = None) -> Volume:
     return Volume(array, image.affine, source, notes)
 
 
+#: Compressed bytes fed at once to the second and later members of a gzip stream.
+_MEMBER_CHUNK = 1 << 20
+_NONZERO = re.compile(rb"[^\x00]")
+
+
 def gunzip(raw: bytes) -> bytes:
     """Every member of a gzip stream, decompressed (zlib checks each member's CRC-32 and
-    length; trailing zero bytes are padding). One pass and no copy of the input, unlike
-    :func:`gzip.decompress` (15 % faster on a 256^3 volume)."""
-    parts = []
-    while True:
+    length; zero bytes between or after members are padding, as gzip allows).
+
+    The first member gets the whole input in one call, without a copy of it
+    (:func:`gzip.decompress` copies it: 15 % slower on a 256^3 volume); later members get it in
+    1 MiB pieces, so a stream of thousands of small members (BGZF) costs linear time, where
+    :func:`gzip.decompress` copies the rest of the input once per member.
+    """
+    view = memoryview(raw)
+    parts: list[bytes] = []
+    pos, chunk = 0, len(raw)
+    while (start := _NONZERO.search(raw, pos)) is not None:
+        pos = start.start()
         member = zlib.decompressobj(wbits=31)  # 31: a gzip header and trailer
-        parts.append(member.decompress(raw))
-        if not member.eof:
-            raise EOFError("the stream ends before its end-of-stream marker")
-        raw = member.unused_data
-        if not raw.strip(b"\0"):
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+        while not member.eof:
+            if pos >= len(raw):
+                raise EOFError("the stream ends before its end-of-stream marker")
+            parts.append(member.decompress(view[pos:pos + chunk]))
+            pos = min(pos + chunk, len(raw))
+        pos -= len(member.unused_data)
+        chunk = _MEMBER_CHUNK
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def read_nifti_header(path: Path, source: str) -> nib.Nifti1Header:
