@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import re
 from collections.abc import Callable
@@ -211,6 +212,29 @@ def test_integer_nifti_converted_without_overflow(tmp_path, dtype, low, high, sl
     expected = raw.astype(np.float64) * (1.0 if slope is None else slope) + inter
     assert vol.array.dtype == np.float32
     np.testing.assert_array_equal(vol.array, expected)
+
+
+@pytest.mark.parametrize(("dtype", "slope", "inter"), [
+    (">f4", None, 0.0), ("<f8", 2.5, -3.0), ("i1", 0.5, 10.0), ("u1", None, 0.0),
+    (">i2", 3.0, 0.0), ("<i4", 1e-3, 1.0), ("u2", 0.0, 0.0), ("i2", float("nan"), 0.0),
+])
+def test_voxels_and_scaling_equal_nibabels(tmp_path, dtype, slope, inter):
+    """volqa reads the stored voxels without nibabel's copy, and scales them as nibabel does
+    (a zero or NaN slope means no scaling); both byte orders."""
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    raw = np.random.default_rng(5).uniform(info.min if info else -1e3, info.max if info else 1e3,
+                                            (7, 6, 5)).astype(dtype)
+    header = nib.Nifti1Header(endianness=">" if dtype.startswith(">") else "<")
+    packed = nib.Nifti1Image(raw, AFFINES["oblique"], header=header).to_bytes()
+    stored = nib.Nifti1Header.from_fileobj(io.BytesIO(packed), check=False)
+    stored["scl_slope"], stored["scl_inter"] = (np.nan if slope is None else slope), inter
+    assert stored.endianness == header.endianness
+    path = tmp_path / "v.nii.gz"
+    path.write_bytes(gzip.compress(stored.binaryblock + packed[348:]))
+    want = np.asarray(nib.load(path).dataobj)
+    if slope not in (None, 0.0) and slope == slope:
+        assert not np.array_equal(want, raw)  # the scaling is applied
+    np.testing.assert_array_equal(read_volume(path).array, want.astype(np.float32))
 
 
 # --------------------------------------------------------------------------- ITK formats, LPS

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.volumeutils import apply_read_scaling
 
 from ..errors import InputError, SettingsError
 from .atomic import atomic_write
@@ -51,10 +52,14 @@ def read_nifti(path: Path, source: str, max_bytes: int | None = None) -> Volume:
                                  f"({needed} bytes with the header), the data holds "
                                  f"{len(raw)} bytes", "the file is incomplete: re-create or "
                                  "re-copy it")
+    proxy = image.dataobj
     try:
+        # the stored voxels, a view of the decompressed bytes (nibabel would copy them first)
+        stored = np.ndarray(shape, dtype, buffer=raw, offset=int(proxy.offset), order=proxy.order)
         if dtype.kind in "iu" and dtype.itemsize == 8:  # check 64-bit integers before scaling
-            as_float32(np.asarray(image.dataobj.get_unscaled()), source)
-        data = np.asarray(image.dataobj)  # applies scl_slope / scl_inter in floating point
+            as_float32(stored, source)
+        # scl_slope / scl_inter in floating point, as nibabel's ArrayProxy applies them
+        data = apply_read_scaling(stored, np.asanyarray(proxy.slope), np.asanyarray(proxy.inter))
     except (OSError, ValueError) as e:
         if isinstance(e, InputError):
             raise
