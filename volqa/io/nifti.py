@@ -17,7 +17,7 @@ from nibabel.volumeutils import apply_read_scaling
 from ..errors import InputError, SettingsError
 from .atomic import atomic_write
 from .paths import NIFTI_SUFFIXES, read_error, suffix
-from .volume import Volume, as_3d, as_float32, check_affine, check_memory
+from .volume import Volume, as_3d, as_float32, check_affine, check_memory, integer_notes
 
 __all__ = ["read_nifti", "read_nifti_header", "check_nifti_header", "write_nifti"]
 
@@ -57,7 +57,7 @@ def read_nifti(path: Path, source: str, max_bytes: int | None = None) -> Volume:
         # the stored voxels, a view of the decompressed bytes (nibabel would copy them first)
         stored = np.ndarray(shape, dtype, buffer=raw, offset=int(proxy.offset), order=proxy.order)
         if dtype.kind in "iu" and dtype.itemsize == 8:  # check 64-bit integers before scaling
-            as_float32(stored, source)
+            integer_notes(stored, source)
         # scl_slope / scl_inter in floating point, as nibabel's ArrayProxy applies them
         data = apply_read_scaling(stored, np.asanyarray(proxy.slope), np.asanyarray(proxy.inter))
     except (OSError, ValueError) as e:

@@ -15,7 +15,7 @@ from nibabel.orientations import aff2axcodes
 from .paths import read_error
 
 __all__ = ["LPS_TO_RAS", "Volume", "lps_geometry", "as_3d", "as_float32", "c_order_float32",
-           "check_finite", "check_affine", "check_memory", "format_bytes"]
+           "check_finite", "check_affine", "check_memory", "format_bytes", "integer_notes"]
 
 #: Integers above this magnitude are not all exactly representable in float64 (2**53).
 FLOAT64_EXACT_INT = 2**53
@@ -165,20 +165,28 @@ def as_float32(data: np.ndarray, source: str) -> tuple[np.ndarray, tuple[str, ..
         raise read_error(source, f"complex-valued voxels ({dtype}): volqa scores real-valued "
                          "volumes and will not drop the imaginary part silently",
                          "save the magnitude (numpy.abs) or the real part as a real image")
-    notes: tuple[str, ...] = ()
-    if dtype.kind in "iu" and data.size:
-        largest = max(abs(int(data.min())), abs(int(data.max())))
-        if largest > FLOAT64_EXACT_INT:
-            raise read_error(source, f"{dtype} voxel values up to {largest} exceed 2**53 = "
-                             f"{FLOAT64_EXACT_INT}, beyond which integers are not exact in "
-                             "floating point (their differences would be lost)",
-                             "store the values in a smaller range (e.g. with a scale factor)")
-        if largest > FLOAT32_EXACT_INT:
-            notes = (f"{dtype} voxel values up to {largest} exceed 2**24 = {FLOAT32_EXACT_INT}: "
-                     "float32 rounds them (relative error <= 6e-8)",)
+    notes = integer_notes(data, source)
     # one copy, into C order: NIfTI data is stored Fortran-ordered, and every consumer (the
     # SSIM engine, the error sums) works in slabs along the first axis
     return c_order_float32(data), notes
+
+
+def integer_notes(data: np.ndarray, source: str) -> tuple[str, ...]:
+    """Check integer voxels against what floating point holds exactly (no copy): beyond 2**53
+    an :class:`~volqa.errors.InputError`, beyond 2**24 (float32 rounds them) a note."""
+    dtype = np.dtype(data.dtype)
+    if dtype.kind not in "iu" or not data.size:
+        return ()
+    largest = max(abs(int(data.min())), abs(int(data.max())))
+    if largest > FLOAT64_EXACT_INT:
+        raise read_error(source, f"{dtype} voxel values up to {largest} exceed 2**53 = "
+                         f"{FLOAT64_EXACT_INT}, beyond which integers are not exact in "
+                         "floating point (their differences would be lost)",
+                         "store the values in a smaller range (e.g. with a scale factor)")
+    if largest > FLOAT32_EXACT_INT:
+        return (f"{dtype} voxel values up to {largest} exceed 2**24 = {FLOAT32_EXACT_INT}: "
+                "float32 rounds them (relative error <= 6e-8)",)
+    return ()
 
 
 #: Edge of the blocks :func:`c_order_float32` copies (16 x all x 16 voxels).

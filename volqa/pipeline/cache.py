@@ -22,10 +22,13 @@ from typing import Any
 from ..io.paths import input_files
 from ..io.volume import Volume
 
-__all__ = ["DEFAULT_CACHE_BYTES", "ReadCache"]
+__all__ = ["DEFAULT_CACHE_BYTES", "SHARED_ROLES", "ReadCache"]
 
 #: Default byte budget of one cache (a 512^3 float32 volume is 512 MiB).
 DEFAULT_CACHE_BYTES = 1 << 30
+#: The inputs of a row that other rows may list too, read through a cache (or, on a cluster,
+#: shared: :mod:`.shared`); a test is listed once and would only take up the budget.
+SHARED_ROLES = ("reference", "mask", "labels")
 
 
 def _identity(path: str) -> tuple[tuple[str, int, int, int], ...]:

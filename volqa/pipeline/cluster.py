@@ -85,7 +85,7 @@ def _read_task(path: str, max_bytes: int | None) -> Volume | None:
     when it cannot be read: each row then reads it and reports why, as it would alone."""
     from ..io.readers import read_volume
 
-    _worker_cache_ready()
+    _worker_cache_ready()  # the worker's malloc settings, as for a row
     try:
         volume = read_volume(path, max_bytes=max_bytes)
     except Exception:  # noqa: BLE001 - the rows read it again and give the error
@@ -105,7 +105,7 @@ def _score_task(scorer: RowScorer, job: RowJob, settings: Settings, execution: E
         if torch.get_num_threads() != execution.threads:
             torch.set_num_threads(execution.threads)
     volumes = {role: v for role, v in (shared or {}).items() if v is not None}
-    for volume in volumes.values():
+    for volume in volumes.values():  # a copy moved from another worker is shared here too
         volume.array.flags.writeable = False
     return scorer.score(replace(job, **volumes), settings, execution, cache)
 

@@ -37,7 +37,7 @@ from ..execution import Execution
 from ..io.volume import Volume
 from ..schema import METRICS
 from ..settings import Settings
-from .cache import ReadCache
+from .cache import SHARED_ROLES, ReadCache
 from .devices import is_oom, run_with_oom_fallback
 from .protocols import make_context, prepare
 from .regions import RegionScores, label_values, region_metrics, region_rows, score_regions
@@ -176,7 +176,7 @@ def _read(source: Source, role: str, max_bytes: int | None,
     if isinstance(source, Volume):
         return source
     if isinstance(source, str | os.PathLike):
-        if cache is not None and role != "test":  # a test is listed once; keep the budget
+        if cache is not None and role in SHARED_ROLES:
             return cache.get(source, lambda: read_volume(source, max_bytes=max_bytes))
         return read_volume(source, max_bytes=max_bytes)
     raise SettingsError(f"{role} must be a path or a volqa.io.Volume; got {type(source).__name__}.")

@@ -24,12 +24,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .cache import SHARED_ROLES
 from .row import RowJob
 
-__all__ = ["SHARED_ROLES", "SharedReads", "header_bytes"]
-
-#: The inputs of a row that other rows may list too (a test is listed once).
-SHARED_ROLES = ("reference", "mask", "labels")
+__all__ = ["SharedReads", "header_bytes"]
 
 
 def header_bytes(path: str) -> int | None:
