@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import re
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -194,6 +195,43 @@ def test_gzip_members_padding_and_truncation(tmp_path):
     (tmp_path / "cut.nii.gz").write_bytes(cut)
     with pytest.raises(InputError, match=r"cut\.nii\.gz.*corrupt gzip stream"):
         read_volume(tmp_path / "cut.nii.gz")
+
+
+@pytest.mark.parametrize(("in_chunk", "out_chunk"),
+                         [(1 << 16, 1 << 22), (7, 1 << 22), (1 << 16, 100)])
+@pytest.mark.parametrize("size", [1, 10_000, 10**6])
+def test_read_data_streams_against_gzip(tmp_path, monkeypatch, in_chunk, out_chunk, size):
+    """The streamed inflate equals :func:`gzip.decompress` whatever the piece sizes (headers,
+    members and padding split across reads; output limited per call) and the size hint (the
+    buffer grows); a stream cut anywhere is an error, as gzip says; a plain file is its bytes."""
+    from volqa.io import nifti
+
+    monkeypatch.setattr(nifti, "_IN_CHUNK", in_chunk)
+    monkeypatch.setattr(nifti, "_OUT_CHUNK", out_chunk)
+    rng = np.random.default_rng(3)
+    payload = (rng.integers(0, 40, 300_000, dtype=np.uint8) // 7).tobytes()  # compressible
+    first = gzip.compress(payload[:150_001])
+    stream = (first + bytes(70_000)  # padding longer than a read
+              + b"".join(gzip.compress(payload[i:min(i + 997, 250_000)]) + bytes(i % 3)
+                         for i in range(150_001, 250_000, 997))
+              + gzip.compress(payload[250_000:]))
+    assert len(stream) > 2 * (1 << 16)
+    reference = gzip.decompress(stream)
+    assert reference == payload
+    path = tmp_path / "x.nii.gz"
+    path.write_bytes(stream)
+    assert nifti.read_data(path, size).tobytes() == reference
+    # cut in a header, in deflate data, in a small member, in a trailer
+    for cut in (len(first) + 70_000 + 5, len(first) // 2, len(first) + 70_000 + 1500,
+                len(stream) - 4):
+        path.write_bytes(stream[:cut])
+        with pytest.raises((EOFError, zlib.error)):
+            gzip.decompress(path.read_bytes())
+        with pytest.raises((EOFError, zlib.error)):
+            nifti.read_data(path, size)
+    plain = tmp_path / "x.nii"
+    plain.write_bytes(payload)
+    assert nifti.read_data(plain, size).tobytes() == payload
 
 
 @pytest.mark.parametrize(
