@@ -68,7 +68,7 @@ def read_nifti(path: Path, source: str, max_bytes: int | None = None) -> Volume:
 
 
 #: Compressed bytes read and inflated at once, and the most bytes one call inflates.
-_IN_CHUNK = 1 << 16
+_IN_CHUNK = 1 << 18
 _OUT_CHUNK = 1 << 22
 _NONZERO = re.compile(rb"[^\x00]")
 
@@ -102,7 +102,7 @@ def read_data(path: Path, size: int) -> np.ndarray:
     """The bytes of a ``.nii`` file, or the decompressed bytes of a ``.nii.gz``, in one numpy
     buffer; ``size`` is what the header declares (the buffer grows if the file holds more).
 
-    A ``.nii.gz`` is inflated as it is read, 64 KiB at a time, so the compressed file is never
+    A ``.nii.gz`` is inflated as it is read, 256 KiB at a time, so the compressed file is never
     held whole, and each inflated piece goes straight into the buffer (zlib alone would
     collect the pieces and join them: twice the memory). zlib checks each member's CRC-32 and
     length; zero bytes between or after members are padding, as gzip allows; a stream that
