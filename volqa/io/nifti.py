@@ -73,44 +73,32 @@ _OUT_CHUNK = 1 << 22
 _NONZERO = re.compile(rb"[^\x00]")
 
 
-class _Buffer:
-    """Bytes appended into one numpy buffer of the expected size, grown if more come.
-
-    numpy maps large buffers with transparent huge pages where the kernel offers them: 64 MiB
-    then costs 32 page faults instead of the 16,384 of a ``bytes`` object, and page faults are
-    slow on virtual machines (about 10 us each on the 2-core VM volqa is measured on).
-    """
-
-    def __init__(self, size: int) -> None:
-        self.data = np.empty(max(size, 1), np.uint8)
-        self.size = 0
-
-    def append(self, piece: bytes) -> None:
-        end = self.size + len(piece)
-        if end > self.data.size:
-            grown = np.empty(max(2 * self.data.size, end), np.uint8)
-            grown[:self.size] = self.data[:self.size]
-            self.data = grown
-        self.data[self.size:end] = np.frombuffer(piece, np.uint8)
-        self.size = end
-
-    def view(self) -> np.ndarray:
-        return self.data[:self.size]
-
-
 def read_data(path: Path, size: int) -> np.ndarray:
-    """The bytes of a ``.nii`` file, or the decompressed bytes of a ``.nii.gz``, in one numpy
-    buffer; ``size`` is what the header declares (the buffer grows if the file holds more).
+    """The first ``size`` bytes (what the header declares) of a ``.nii`` file, or of the
+    decompressed stream of a ``.nii.gz``, in one numpy buffer; fewer if the file holds fewer.
 
     A ``.nii.gz`` is inflated as it is read, 256 KiB at a time, so the compressed file is never
     held whole, and each inflated piece goes straight into the buffer (zlib alone would
-    collect the pieces and join them: twice the memory). zlib checks each member's CRC-32 and
-    length; zero bytes between or after members are padding, as gzip allows; a stream that
-    ends inside a member raises :class:`EOFError`.
+    collect the pieces and join them: twice the memory). numpy maps a large buffer with
+    transparent huge pages where the kernel offers them: 64 MiB then costs 32 page faults
+    instead of the 16,384 of a ``bytes`` object, and page faults are slow on virtual machines.
+    Bytes past ``size`` are inflated and checked but not kept, so a stream that inflates to
+    more than its header declares cannot take more memory. zlib checks each member's CRC-32
+    and length; zero bytes between or after members are padding, as gzip allows; a stream
+    that ends inside a member raises :class:`EOFError`.
     """
     if suffix(path) != ".nii.gz":
-        return np.fromfile(path, np.uint8)
-    out = _Buffer(size)
+        return np.fromfile(path, np.uint8, count=size)
+    out = np.empty(size, np.uint8)
+    filled = 0
+
+    def keep(piece: bytes) -> None:
+        nonlocal filled
+        n = min(len(piece), size - filled)
+        if n > 0:
+            out[filled:filled + n] = np.frombuffer(piece, np.uint8, count=n)
+            filled += n
+
     with open(path, "rb", buffering=0) as fh:
         member = None
         while chunk := fh.read(_IN_CHUNK):
@@ -120,15 +108,15 @@ def read_data(path: Path, size: int) -> np.ndarray:
                     if start is None:
                         break
                     member, chunk = zlib.decompressobj(wbits=31), chunk[start.start():]
-                out.append(member.decompress(chunk, _OUT_CHUNK))
+                keep(member.decompress(chunk, _OUT_CHUNK))
                 while member.unconsumed_tail and not member.eof:  # the rest: unused_data
-                    out.append(member.decompress(member.unconsumed_tail, _OUT_CHUNK))
+                    keep(member.decompress(member.unconsumed_tail, _OUT_CHUNK))
                 if not member.eof:
                     break
                 member, chunk = None, member.unused_data
     if member is not None:
         raise EOFError("the stream ends before its end-of-stream marker")
-    return out.view()
+    return out[:filled]
 
 
 def read_nifti_header(path: Path, source: str) -> nib.Nifti1Header:
