@@ -32,7 +32,8 @@ def read_nifti(path: Path, source: str, max_bytes: int | None = None) -> Volume:
 
     The header is parsed from the first bytes only (for ``.nii.gz`` only those are
     decompressed) and checked (:func:`check_nifti_header`, and the declared size against
-    ``max_bytes``) before the file is read whole; then the gzip stream and the data length.
+    ``max_bytes``) before the data is read (:func:`read_data`); then the gzip stream and the
+    data length.
     """
     header = read_nifti_header(path, source)
     check_memory(header.get_data_shape(), source, max_bytes)
