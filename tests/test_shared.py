@@ -12,7 +12,8 @@ from pipeline_data import write_nii
 
 from volqa.io.volume import Volume
 from volqa.pipeline import RowJob
-from volqa.pipeline.shared import SharedReads, header_bytes
+from volqa.pipeline.memory import header_bytes
+from volqa.pipeline.shared import SharedReads
 
 
 def jobs_of(refs: str, masks: str = "") -> list[RowJob]:

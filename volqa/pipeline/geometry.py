@@ -37,7 +37,7 @@ from nibabel.volumeutils import shape_zoom_affine
 
 from ..errors import GeometryError
 from ..io.itk import volume_to_sitk
-from ..io.volume import LPS_TO_RAS, Volume, c_order_float32, lps_geometry
+from ..io.volume import LPS_TO_RAS, Volume, lps_geometry
 
 __all__ = ["Alignment", "align_to_reference", "align_volume"]
 
@@ -234,7 +234,7 @@ def _reorient_like(reference: Volume, volume: Volume, role: str) -> tuple[Volume
     if np.array_equal(source, target):
         return volume, ""
     transform = ornt_transform(source, target)
-    array = c_order_float32(apply_orientation(volume.array, transform))
+    array = apply_orientation(volume.array, transform)  # Volume copies it into C order
     affine = volume.affine @ inv_ornt_aff(transform, volume.shape)
     moved = Volume(array, affine, volume.source, volume.notes)
     return moved, f"{role} {volume.orientation}->{moved.orientation}"
@@ -257,7 +257,7 @@ def _resample_onto(reference: Volume, volume: Volume, role: str) -> Volume:
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     note = ("resampled onto the reference grid "
             f"({'nearest neighbour' if nearest else 'linear'} interpolation)")
-    return Volume(c_order_float32(array), reference.affine.copy(), volume.source,
+    return Volume(array, reference.affine.copy(), volume.source,
                   (*volume.notes, note))
 
 

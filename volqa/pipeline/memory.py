@@ -12,14 +12,15 @@ it alone may exceed the budget).
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 from pathlib import Path
 
 from ..execution import Execution
 
-__all__ = ["usable_memory", "volume_limit", "read_ahead_budget", "VOLUME_FRACTION",
-           "READ_AHEAD_VOLUMES"]
+__all__ = ["usable_memory", "volume_limit", "read_ahead_budget", "header_bytes",
+           "VOLUME_FRACTION", "READ_AHEAD_VOLUMES"]
 
 #: The default per-volume limit is this fraction of the usable memory.
 VOLUME_FRACTION = 1 / 8
@@ -58,3 +59,14 @@ def volume_limit(execution: Execution) -> int:
 def read_ahead_budget(execution: Execution) -> int:
     """Bytes that rows in flight (read ahead, and the row being scored) may hold together."""
     return READ_AHEAD_VOLUMES * volume_limit(execution)
+
+
+def header_bytes(path: str | os.PathLike[str]) -> int | None:
+    """The float32 size of the volume at ``path``, from its header; None if it cannot be read
+    (the row reads the file and reports why)."""
+    from ..io.readers import volume_shape
+
+    try:
+        return 4 * math.prod(volume_shape(path))
+    except Exception:  # noqa: BLE001 - an estimate never fails the batch
+        return None

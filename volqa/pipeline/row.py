@@ -20,7 +20,6 @@ listed for several rows is then read once).
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import time
@@ -39,6 +38,7 @@ from ..schema import METRICS
 from ..settings import Settings
 from .cache import SHARED_ROLES, ReadCache
 from .devices import is_oom, run_with_oom_fallback
+from .memory import header_bytes
 from .protocols import make_context, prepare
 from .regions import RegionScores, label_values, region_metrics, region_rows, score_regions
 
@@ -339,17 +339,12 @@ class RowScorer:
         """Bytes the prepared row holds, from the headers: 2 x its volumes' float32 arrays
         (the volumes and their normalised copies); 0 for what cannot be estimated (the row
         will fail when read)."""
-        from ..io.readers import volume_shape
-
         total = 0
         for source in (job.reference, job.test, job.mask):
             if isinstance(source, Volume):
                 total += source.array.nbytes
             elif isinstance(source, str | os.PathLike):
-                try:
-                    total += 4 * math.prod(volume_shape(source))
-                except Exception:  # noqa: BLE001 - an estimate never fails the batch
-                    pass
+                total += header_bytes(source) or 0
         return 2 * total
 
     def engine_metrics(self, p: Prepared, settings: Settings, device: str,

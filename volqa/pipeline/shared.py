@@ -18,26 +18,16 @@ reports the error itself.
 
 from __future__ import annotations
 
-import math
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .cache import SHARED_ROLES
+from .memory import header_bytes
 from .row import RowJob
 
-__all__ = ["SharedReads", "header_bytes"]
-
-
-def header_bytes(path: str) -> int | None:
-    """The float32 size of the volume at ``path`` from its header; None if it cannot be read."""
-    from ..io.readers import volume_shape
-
-    try:
-        return 4 * math.prod(volume_shape(path))
-    except Exception:  # noqa: BLE001 - the row reads the file and reports the error
-        return None
+__all__ = ["SharedReads"]
 
 
 def _paths(job: RowJob) -> list[tuple[str, str]]:
