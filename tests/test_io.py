@@ -313,6 +313,57 @@ def test_itk_file_with_lps_direction_matches_nifti(tmp_path, suffix, direction_l
         assert from_itk.orientation == "LPS"
 
 
+def _mhd(tmp_path: Path, old: str, new: str) -> Path:
+    """A .mhd (+ .raw) with origin (12, -34, 56) LPS, spacing (0.5, 1.25, 2.0), whose header line
+    ``old`` is replaced by ``new`` (a hand-edited header)."""
+    image = sitk.GetImageFromArray(np.arange(60, dtype=np.float32).reshape(3, 4, 5))
+    image.SetSpacing((0.5, 1.25, 2.0))
+    image.SetOrigin((12.0, -34.0, 56.0))
+    path = tmp_path / "v.mhd"
+    sitk.WriteImage(image, str(path))
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return path
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("Offset = 12 -34 56", "Offset=12 -34 56"),
+    ("Offset = 12 -34 56", "Offset =\t+12  -3.4e1 56.0\r"),
+    ("Offset = 12 -34 56", "Origin = 12 -34 56"),
+    ("Offset = 12 -34 56", "Offset = 12 -34 56\nPosition = 12.0 -34 5.6E1"),
+])
+def test_hand_written_metaimage_header_that_is_exact_is_read(tmp_path, old, new):
+    volume = read_volume(_mhd(tmp_path, old, new))
+    np.testing.assert_allclose(volume.affine[:3, 3], (-12.0, 34.0, 56.0))  # LPS -> RAS
+    np.testing.assert_allclose(np.abs(np.diag(volume.affine))[:3], (0.5, 1.25, 2.0))
+
+
+@pytest.mark.parametrize(("old", "new", "pattern"), [
+    # each of these, ITK's MetaIO reads without a word, with the origin somewhere else
+    ("Offset = 12 -34 56", "Offset = nan -34 56", r"Offset = 'nan -34 56' is not 3 finite"),
+    ("Offset = 12 -34 56", "Offset = 12 inf 56", r"is not 3 finite decimal numbers"),
+    ("Offset = 12 -34 56", "Offset = 12,-34,56", r"Offset = '12,-34,56' is not 3 finite"),
+    ("Offset = 12 -34 56", "Offset = 12 -34", r"Offset = '12 -34' is not 3 finite .*NDims = 3"),
+    ("Offset = 12 -34 56", "Offset = 12 -34 56 7", r"is not 3 finite decimal numbers"),
+    ("Offset = 12 -34 56", "Offset = 0x0C -34 56", r"is not 3 finite decimal numbers"),
+    ("Offset = 12 -34 56", "offset = 12 -34 56",
+     r"key 'offset' is not MetaImage's 'Offset' .*write it as 'Offset'"),
+    ("Offset = 12 -34 56", "Offset = 12 -34 56\nOrigin = 0 0 0",
+     r"gives Offset = '12 -34 56' and Origin = '0 0 0', which MetaImage reads into the same"),
+    ("Offset = 12 -34 56", "Offset = 12 -34 56\nOffset = 1 2 3", r"gives Offset twice"),
+    ("ElementSpacing = 0.5 1.25 2", "ElementSpacing = 0.5 1.25 nan",
+     r"ElementSpacing = '0.5 1.25 nan' is not 3 finite"),
+    ("TransformMatrix = 1 0 0 0 1 0 0 0 1", "TransformMatrix = 1 0 0 0 1 0",
+     r"TransformMatrix = '1 0 0 0 1 0' is not 9 finite"),
+])
+def test_metaimage_header_that_itk_would_misread_is_refused(tmp_path, old, new, pattern):
+    path = _mhd(tmp_path, old, new)
+    with pytest.raises(InputError, match=pattern) as info:
+        read_volume(path)
+    assert str(info.value).startswith(f"cannot read {str(path)!r}: ")
+
+
 # --------------------------------------------------------------------------- DICOM
 
 

@@ -7,6 +7,8 @@ ITK and DICOM geometry is LPS; the conversion to volqa's RAS affine is ``LPS_TO_
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,7 +28,16 @@ from .volume import (
 )
 
 __all__ = ["volume_from_sitk", "volume_to_sitk", "read_itk_file", "itk_size", "itk_message",
-           "itk_quiet"]
+           "itk_quiet", "check_metaimage_header"]
+
+#: MetaImage fields that place the voxels in space, and the power of NDims numbers each holds.
+_META_FIELDS = {"Offset": 1, "Origin": 1, "Position": 1, "ElementSpacing": 1, "ElementSize": 1,
+                "TransformMatrix": 2, "Rotation": 2, "Orientation": 2}
+#: Names MetaIO reads into the same place (the origin; the direction).
+_META_SYNONYMS = (("Offset", "Origin", "Position"), ("TransformMatrix", "Rotation", "Orientation"))
+#: A decimal number as a hand-written header would give it (no hex, no ``1_000``, no ``nan``).
+_META_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_META_HEAD_BYTES = 1 << 16
 
 
 def volume_from_sitk(image: sitk.Image, source: str, notes: Sequence[str] = ()) -> Volume:
@@ -112,6 +123,8 @@ def _declared(reader: sitk.ImageFileReader) -> tuple[int, ...]:
 
 def _header_reader(path: str | Path, source: str, image_io: str) -> sitk.ImageFileReader:
     """An ``ImageFileReader`` that has read the file's header (``ReadImageInformation``)."""
+    if not image_io and Path(path).suffix.lower() in (".mha", ".mhd"):
+        check_metaimage_header(Path(path), source)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     if image_io:
@@ -122,6 +135,64 @@ def _header_reader(path: str | Path, source: str, image_io: str) -> sitk.ImageFi
         except RuntimeError as e:
             raise read_error(source, f"SimpleITK cannot read it ({itk_message(e)})") from None
     return reader
+
+
+def check_metaimage_header(path: Path, source: str) -> None:
+    """Refuse an MHA/MHD header whose geometry ITK would read other than it is written.
+
+    ITK's MetaIO reads a field's numbers up to the first one it cannot parse (``nan``, ``inf``,
+    ``1,2,3``, ``0x10``) and leaves the rest 0; it reads the first NDims numbers of a longer
+    list and fills a shorter one with 0; it ignores keys in another case (``offset``); and of
+    ``Offset``, ``Origin`` and ``Position`` it takes one. Each of these places the volume
+    somewhere else without a word, and hand-written headers (for raw data) are common, so the
+    fields are checked here: exactly NDims (NDims² for a matrix) finite decimal numbers, keys
+    spelt as MetaIO spells them, and one value where a header names the same thing twice.
+    A header ITK cannot read at all is left to ITK's own error.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_META_HEAD_BYTES)
+    except OSError:
+        return
+    fields: dict[str, list[str]] = {}
+    for line in head.split(b"\n"):
+        key, eq, value = line.decode("latin-1").partition("=")
+        key = key.strip()
+        if key == "ElementDataFile":
+            break
+        if eq:
+            fields.setdefault(key, []).append(value.strip())
+    try:
+        ndims = int(fields["NDims"][-1])
+    except (KeyError, ValueError):
+        return
+    fix = "fix the header and read again"
+    spelt = {k.lower(): k for k in _META_FIELDS}
+    for key, values in fields.items():
+        known = spelt.get(key.lower())
+        if known is not None and key != known:
+            raise read_error(source, f"the header's key {key!r} is not MetaImage's {known!r} "
+                             "(keys are case-sensitive, and ITK ignores this one)",
+                             f"write it as {known!r}")
+        if known is not None and len(set(values)) > 1:
+            raise read_error(source, f"the header gives {key} twice, as "
+                             f"{' and '.join(map(repr, values))}", fix)
+    for key, power in _META_FIELDS.items():
+        if key not in fields:
+            continue
+        tokens = fields[key][0].split()
+        if len(tokens) != ndims ** power or not all(
+                _META_NUMBER.fullmatch(t) and math.isfinite(float(t)) for t in tokens):
+            raise read_error(source, f"the header's {key} = {fields[key][0]!r} is not "
+                             f"{ndims ** power} finite decimal numbers (NDims = {ndims}): ITK "
+                             "would read other numbers than are written, so where the voxels "
+                             "lie in space cannot be known", fix)
+    for names in _META_SYNONYMS:
+        given = {k: tuple(map(float, fields[k][0].split())) for k in names if k in fields}
+        if len(set(given.values())) > 1:
+            raise read_error(source, "the header gives " + " and ".join(
+                f"{k} = {fields[k][0]!r}" for k in given) + ", which MetaImage reads into "
+                "the same place (ITK takes one of them)", f"keep one; {fix}")
 
 
 def itk_message(error: RuntimeError) -> str:
