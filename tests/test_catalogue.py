@@ -325,7 +325,7 @@ CASES: dict[str, Case] = {
                                       cause=r"no mask voxel lies inside the region the SSIM "
                                             r"map covers"),
     "mask-good": Case(R, T, "mask.nii.gz", status="ok"),
-    "same-file": Case(R, R, status="ok"),
+    "same-file": Case(R, R, status="ok", cause=r"test: voxel for voxel the reference itself"),
     "spaces-non-ascii": Case("scans of Zoë/séance 2, répété #2/réf ü.nii.gz",
                              "scans of Zoë/séance 2, répété #2/tést ü.nii.gz", status="ok"),
     "directory-for-file": Case(R, "folder.nii.gz", culprit="folder.nii.gz",
@@ -468,6 +468,10 @@ def test_batch_exit_code_1_and_every_row_present(batch: dict[str, Any]) -> None:
     assert f"{len(CASES) - n_err} ok, {n_err} failed" in result.stdout
     assert "\x1b" not in result.stdout + result.stderr  # escaped: shown as "\\x1b"
     assert result.stderr.count("failed: subject ") == n_err  # failed rows: stderr, one each
+    # a test that is its reference file: a warning before the batch, one per row
+    same = [s for s, c in CASES.items() if c.reference == c.test]
+    assert "same-file" in same
+    assert result.stderr.count("is the reference file itself") == len(same)
 
 
 @pytest.mark.parametrize("subject", [s for s, c in CASES.items() if c.status == "error"])

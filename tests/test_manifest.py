@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from volqa.errors import ManifestError
-from volqa.io.manifest import missing_files, read_manifest
+from volqa.io.manifest import missing_files, read_manifest, reference_as_test
 from volqa.io.paths import split_series
 
 
@@ -89,6 +89,31 @@ def test_duplicate_subject_test_pairs(files: Path) -> None:
     )
     with pytest.raises(ManifestError, match=r"row 2 \(line 3, subject 's1'\): duplicate of row 1"):
         read_manifest(m)
+
+
+def test_a_test_that_is_the_reference_file_is_listed_and_refused_when_strict(
+        files: Path) -> None:
+    os.symlink(files / "ref.nii.gz", files / "link.nii.gz")
+    m = write(
+        files / "m.csv",
+        "subject_id,reference,test\n"
+        "s1,ref.nii.gz,ref.nii.gz\n"
+        "s2,ref.nii.gz,dicom/../ref.nii.gz\n"  # the same path written differently
+        "s3,ref.nii.gz,link.nii.gz\n"  # another name of the same file
+        "s4,ref.nii.gz,t2.nii.gz\n"  # fine
+        "s5,dicom#1.2.3,dicom#1.2.4\n",  # two series of one folder: fine
+    )
+    listed = reference_as_test(read_manifest(m))  # not an error by default
+    with pytest.raises(ManifestError) as info:
+        read_manifest(m, strict=True)
+    expected = [f"row {row} (line {row + 1}, subject {sid!r}): test {cell!r} is the reference "
+                "file itself, so it scores as a perfect reconstruction"
+                for row, (sid, cell) in enumerate([("s1", "ref.nii.gz"),
+                                                   ("s2", "dicom/../ref.nii.gz"),
+                                                   ("s3", "link.nii.gz")], 1)]
+    assert [line.split(";")[0] for line in listed] == expected
+    assert "has 3 problem(s)" in str(info.value)
+    assert all(e in str(info.value) for e in expected)
 
 
 def test_non_utf8(files: Path) -> None:

@@ -250,6 +250,19 @@ def test_raw_intensities_near_the_float32_limit_are_scored_not_nan(tmp_path) -> 
     assert row["ssim"] == pytest.approx(want, abs=1e-6)
 
 
+@pytest.mark.parametrize("changed", [None, 0, -1])  # voxel 0 is sampled, the last one is not
+def test_a_test_equal_to_its_reference_voxel_for_voxel_gets_a_note(tmp_path, changed) -> None:
+    data = phantom(9, SHAPE)
+    ref = write_nii(tmp_path / "r.nii", data)
+    test = data.copy()
+    if changed is not None:
+        test.flat[changed] += np.float32(0.25)
+    row = volqa.score_pair(ref, write_nii(tmp_path / "t.nii.gz", test))
+    copied = "test: voxel for voxel the reference itself (a copy of it?)"
+    assert (copied in (row["notes"] or "")) == (changed is None)
+    assert (row["ssim"] == 1.0) == (changed is None)
+
+
 def test_a_metric_that_comes_out_nan_fails_its_row(tmp_path) -> None:
     """The last safety net: no ``ok`` row carries a NaN computed from finite volumes."""
     from volqa.schema import METRICS, Metric

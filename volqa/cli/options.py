@@ -174,8 +174,8 @@ OverwriteOpt = Annotated[bool, typer.Option(
 FailFastOpt = Annotated[bool, typer.Option(
     "--fail-fast", help="Stop at the first failed row (finished rows are written).")]
 StrictOpt = Annotated[bool, typer.Option(
-    "--strict", help="A listed file that does not exist is a manifest error (exit 2, nothing "
-    "scored) instead of a failed row.")]
+    "--strict", help="A listed file that does not exist, or a test that is its reference file, "
+    "is a manifest error (exit 2, nothing scored) instead of a failed row or a warning.")]
 GroupByOpt = Annotated[str | None, typer.Option(
     "--group-by", metavar="COLUMN", help="Summarise each value of this manifest column (e.g. "
     "method) on its own at the end (default: all rows together).", show_default=False)]

@@ -28,9 +28,10 @@ Validation is about the manifest's *structure* and happens before any subject is
 not UTF-8, not a CSV, no data rows, missing or duplicated columns, columns that collide with
 volqa's output columns, empty required cells, rows with the wrong number of fields, duplicate
 ``(subject_id, test)`` pairs, and cells that do not fit a declared covariate type. Every problem
-is collected into one :class:`~volqa.errors.ManifestError`. A listed file that does not exist
-is *not* a manifest error by default (the row fails and the batch goes on);
-:func:`missing_files` lists them all for a pre-flight warning, and ``strict=True`` in
+is collected into one :class:`~volqa.errors.ManifestError`. A listed file that does not exist,
+and a test that is its reference file (:func:`reference_as_test`), are *not* manifest errors by
+default (the row fails, or scores as perfect, and the batch goes on): :func:`missing_files` and
+:func:`reference_as_test` list them for a pre-flight warning, and ``strict=True`` in
 :func:`read_manifest` turns them into manifest errors.
 """
 
@@ -55,6 +56,7 @@ __all__ = [
     "ManifestRow",
     "read_manifest",
     "missing_files",
+    "reference_as_test",
 ]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("subject_id", "reference", "test")
@@ -158,6 +160,16 @@ def _resolve(cell: str, base: Path) -> str:
     return f"{out}#{uid}" if uid is not None else out
 
 
+def _same_file(a: str, b: str) -> bool:
+    """The same path, or two names of one file (a link, ``.`` and ``..``): no read."""
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # missing (reported later) or a "folder#uid" series name
+        return False
+
+
 def _decode(path: Path, raw: bytes) -> str:
     if b"\x00" in raw[:65536]:
         raise ManifestError(
@@ -184,8 +196,10 @@ def read_manifest(path: str | os.PathLike[str], *, strict: bool = False) -> Mani
     path : str or PathLike
         The CSV file.
     strict : bool, default False
-        Also treat listed files or folders that do not exist as manifest errors (by default
-        a missing file fails only its own row when scored; see :func:`missing_files`).
+        Also treat listed files or folders that do not exist, and tests that are their
+        reference file, as manifest errors (by default a missing file fails only its own row
+        when scored, and a reference scored as its own test gets a warning; see
+        :func:`missing_files` and :func:`reference_as_test`).
 
     Returns
     -------
@@ -315,7 +329,7 @@ def read_manifest(path: str | os.PathLike[str], *, strict: bool = False) -> Mani
     types = _covariate_types(header, rows, declared, problems)
     manifest = Manifest(mpath, header, tuple(rows), types)
     if strict and not problems:
-        problems.extend(missing_files(manifest))
+        problems.extend(missing_files(manifest) + reference_as_test(manifest))
     if problems:
         raise _error(mpath, problems)
     return manifest
@@ -343,6 +357,21 @@ def missing_files(manifest: Manifest) -> list[str]:
             if not os.path.exists(fs_path):
                 out.append(f"{row.where()}: {role} file not found: {fs_path}")
     return out
+
+
+def reference_as_test(manifest: Manifest) -> list[str]:
+    """List every row whose test is its reference file (the same path, or another name of
+    the same file: a stat, no read), which scores as a perfect reconstruction.
+
+    Returns
+    -------
+    list of str
+        E.g. ``"row 3 (line 4, subject 'sub-03'): test 'gt/sub-03.nii.gz' is the reference
+        file itself ..."``.
+    """
+    return [f"{row.where()}: test {row.values['test'].strip()!r} is the reference file "
+            "itself, so it scores as a perfect reconstruction; point test at the method's output"
+            for row in manifest.rows if _same_file(row.reference, row.test)]
 
 
 def _covariate_types(header: tuple[str, ...], rows: list[ManifestRow],

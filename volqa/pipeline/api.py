@@ -25,7 +25,7 @@ from ..errors import OutputError, SettingsError
 from ..execution import Execution
 from ..io.journal import JOURNAL_NAME
 from ..io.lock import OutDirLock
-from ..io.manifest import Manifest, missing_files, read_manifest
+from ..io.manifest import Manifest, missing_files, read_manifest, reference_as_test
 from ..io.outdir import (
     SETTINGS_NAME,
     prepare_out_dir,
@@ -168,10 +168,11 @@ def score_manifest(
     fail_fast : bool, default False
         Stop after the first failed row (the finished rows are still written).
     strict : bool, default False
-        A missing input file is a manifest error (nothing scored) instead of a failed row.
+        A missing input file, or a test that is its reference file, is a manifest error
+        (nothing scored) instead of a failed row or a warning.
     progress : bool, default False
-        Progress bar on stderr. Warnings (missing files, journal lines ignored, what resume
-        reuses) go to stderr either way.
+        Progress bar on stderr. Warnings (missing files, a test that is its reference
+        file, journal lines ignored, what resume reuses) go to stderr either way.
     scorer : RowScorer, optional
         Replaces the row scorer.
     executor : {"threads", "processes", "dask"} or Executor, optional
@@ -257,7 +258,7 @@ def _run(part: Manifest, s: Settings, ex: Execution, out_dir: Path | None,
                               f"({SETTINGS_NAME}: {exc.strerror or exc}); free space or fix "
                               "the folder's permissions, or choose another --out") from None
     # warnings whether or not a progress bar is shown (--no-progress must not hide them)
-    warn(missing_files(part))
+    warn(missing_files(part) + reference_as_test(part))
     if resumed is not None:
         warn(f"{JOURNAL_NAME}: {why}; the line is ignored" for why in skipped)
         why = f"; settings changed: {', '.join(changed)}" if changed else ""
