@@ -139,6 +139,44 @@ def test_dicom_slices_with_different_pixel_spacing_are_refused(tmp_path) -> None
         read_volume(folder)
 
 
+@pytest.mark.parametrize(("tag", "value", "pattern"), [
+    ("ImagePositionPatient", None, r"ImagePositionPatient \(0020,0032\), so the slices' order "
+                                   r"and spacing cannot be known"),
+    ("ImagePositionPatient", ["0", "nan", "3"], r"readable ImagePositionPatient"),
+    ("ImageOrientationPatient", None, r"ImageOrientationPatient \(0020,0037\), so the slices' "
+                                      r"direction cannot be known"),
+    ("PixelSpacing", None, r"PixelSpacing \(0028,0030\), so the slices' voxel size cannot"),
+])
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")  # pydicom, about the 'nan'
+def test_dicom_slice_without_its_geometry_is_refused(tmp_path, tag, value, pattern) -> None:
+    import pydicom
+
+    folder = tmp_path / "series"
+    data = np.round(8 * phantom(3, SHAPE)).astype(np.int16)
+    save_dicom_series(folder, data, uid=f"{UID_ROOT}.93", description="s")
+    assert read_volume(folder).shape == SHAPE  # as written, the series is fine
+    victim = sorted(folder.iterdir())[4]  # one slice in the middle
+    ds = pydicom.dcmread(victim)
+    if value is None:
+        delattr(ds, tag)
+    else:
+        setattr(ds, tag, value)
+    ds.save_as(victim)
+    with pytest.raises(InputError, match=r"not every slice of series .*" + pattern):
+        read_volume(folder)
+
+
+def test_dicom_series_of_several_echoes_at_one_position_is_refused(tmp_path) -> None:
+    folder = tmp_path / "echoes"
+    depths = np.repeat(np.arange(SHAPE[2] // 2) * 1.5, 2)  # two slices at every position
+    save_dicom_series(folder, np.round(8 * phantom(3, SHAPE)).astype(np.int16),
+                      uid=f"{UID_ROOT}.94", description="two echoes", depths=depths)
+    with pytest.raises(InputError, match=r"6 slice\(s\) of series .* lie where the slice "
+                                         r"before lies \(first: slices 0 and 1, at 0 mm .*"
+                                         r"several echoes, phases or time points"):
+        read_volume(folder)
+
+
 # ----------------------------------------------------------------------- lost headers
 
 

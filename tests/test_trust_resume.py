@@ -87,8 +87,10 @@ def test_mhd_data_file_and_dicom_slice_changes_are_noticed(tmp_path) -> None:
     volqa.score_manifest(manifest, out=tmp_path / "o")
     # the header t.mhd is untouched; only its data file changes
     same_size_same_mtime(data / "t.raw", (data / "other.raw").read_bytes())
-    slices = sorted((data / "dcm_t").iterdir())
-    same_size_same_mtime(slices[7], slices[8].read_bytes())  # one slice swapped
+    changed = sorted((data / "dcm_t").iterdir())[7]
+    pixels = bytearray(changed.read_bytes())
+    pixels[-10:] = bytes(b ^ 0x01 for b in pixels[-10:])  # five voxels of one slice
+    same_size_same_mtime(changed, bytes(pixels))
     calls = CountCalls()
     volqa.score_manifest(manifest, out=tmp_path / "o", resume=True, scorer=calls)
     assert calls.subjects == ["mhd", "dicom"]

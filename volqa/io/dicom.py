@@ -4,7 +4,14 @@ Series are listed with ``GetGDCMSeriesIDs`` and the files of the chosen series a
 the slice normal by ``GetGDCMSeriesFileNames``; subfolders are not searched. A folder that holds
 several series needs ``folder#<SeriesInstanceUID>``; the error lists every series.
 
-Slice positions (ImagePositionPatient projected on the slice normal) are checked: when a step
+Every slice of a series of classic single-frame files must carry a finite
+ImagePositionPatient, ImageOrientationPatient and PixelSpacing (SimpleITK would otherwise guess
+the slices' order, spacing, direction or size without a word); slices of multi-frame (enhanced)
+objects keep these in functional groups, which GDCM reads and SimpleITK's dictionary does not
+show, so they are not checked here. All slices must share one orientation and one pixel
+spacing, and each must have a position of its own: two slices at one position (several echoes,
+phases or time points in one series) are refused. Slice positions (ImagePositionPatient
+projected on the slice normal) are checked: when a step
 between neighbouring slices differs from the median step by more than max(1 % of the median,
 0.01 mm) the volume gets a "non-uniform slice spacing" note, and steps over 1.5 x the median
 (gaps) are listed in a "possible missing slices" note. SimpleITK still assumes equally spaced
@@ -53,11 +60,26 @@ def read_dicom_folder(folder: Path, series_uid: str | None, source: str,
             raise read_error(source, f"SimpleITK cannot read series {uid} "
                              f"({itk_message(e)})") from None
     orientations = _slice_tags(reader, len(files), "0020|0037")
+    positions = _slice_tags(reader, len(files), "0020|0032")
+    pixel_spacing = _slice_tags(reader, len(files), "0028|0030")
+    # classic single-frame slices; a multi-frame (enhanced) object keeps its geometry in
+    # functional groups, which GDCM reads but SimpleITK's dictionary does not show
+    if len(files) > 1 and not any(reader.HasMetaDataKey(i, "0028|0008")
+                                  for i in range(len(files))):
+        for tags, name, what in ((positions, "ImagePositionPatient (0020,0032)",
+                                  "order and spacing"),
+                                 (orientations, "ImageOrientationPatient (0020,0037)",
+                                  "direction"),
+                                 (pixel_spacing, "PixelSpacing (0028,0030)", "voxel size")):
+            if tags is None:
+                raise read_error(source, f"not every slice of series {uid} has a readable "
+                                 f"{name}, so the slices' {what} cannot be known (SimpleITK "
+                                 "would guess without a word)", "restore the tag from the "
+                                 "original export, or pick another series")
     if orientations is not None and np.ptp(orientations, axis=0).max() > SLICE_ORIENTATION_ATOL:
         raise read_error(source, f"the {len(files)} slices of series {uid} have different "
                                  "ImageOrientationPatient values, so they do not form one 3-D "
                                  "volume", "is it a localizer or a radial series?")
-    pixel_spacing = _slice_tags(reader, len(files), "0028|0030")
     if pixel_spacing is not None and np.ptp(pixel_spacing, axis=0).max() > \
             SLICE_STEP_RTOL * pixel_spacing.min():
         values = sorted({tuple(row) for row in pixel_spacing.tolist()})
@@ -65,9 +87,19 @@ def read_dicom_folder(folder: Path, series_uid: str | None, source: str,
                                  f"PixelSpacing values ({', '.join(map(str, values[:4]))} mm), "
                                  "so they do not form one voxel grid",
                          "resample the slices to one pixel spacing, or pick another series")
-    positions = _slice_tags(reader, len(files), "0020|0032")
     normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
-    notes = _slice_notes(positions @ normal, image.GetSpacing()[2]) if positions is not None else ()
+    notes: tuple[str, ...] = ()
+    if positions is not None:
+        depths = positions @ normal
+        same = np.flatnonzero(np.abs(np.diff(depths)) <= SLICE_STEP_ATOL_MM)
+        if same.size:
+            k = int(same[0])
+            raise read_error(source, f"{same.size} slice(s) of series {uid} lie where the slice "
+                             f"before lies (first: slices {k} and {k + 1}, at {depths[k]:.4g} mm "
+                             "along the slice normal), so they do not form one 3-D volume",
+                             "is it several echoes, phases or time points in one series? "
+                             "Split it, or pick another series")
+        notes = _slice_notes(depths, image.GetSpacing()[2])
     if n_series == 1:
         left_out = _count_dicom_files(folder) - len(files)
         if left_out > 0:  # GDCM drops files it cannot parse, at either end of the stack too
@@ -144,7 +176,8 @@ def _describe_series(folder: Path, uids: Sequence[str]) -> str:
 
 
 def _slice_tags(reader: sitk.ImageSeriesReader, n: int, tag: str) -> np.ndarray | None:
-    """(n, m) array of a numeric multi-valued tag of every slice, or None if any lacks it."""
+    """(n, m) array of a numeric multi-valued tag of every slice, or None if any lacks it or
+    holds something other than m finite numbers."""
     rows = []
     for i in range(n):
         if not reader.HasMetaDataKey(i, tag):
@@ -153,7 +186,10 @@ def _slice_tags(reader: sitk.ImageSeriesReader, n: int, tag: str) -> np.ndarray 
             rows.append([float(v) for v in reader.GetMetaData(i, tag).split("\\")])
         except ValueError:
             return None
-    return np.asarray(rows)
+    if len({len(r) for r in rows}) != 1:
+        return None
+    out = np.asarray(rows)
+    return out if np.isfinite(out).all() else None
 
 
 def _slice_notes(depths: np.ndarray, spacing: float) -> tuple[str, ...]:
