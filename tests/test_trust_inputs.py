@@ -104,6 +104,28 @@ def test_int32_beyond_2_24_is_read_with_a_rounding_note(tmp_path) -> None:
     assert any("exceed 2**24 = 16777216: float32 rounds them" in n for n in volume.notes)
 
 
+@pytest.mark.parametrize(("degrees", "shift", "noted"), [
+    (0.0, 0.0, False), (0.0, 5e-4, False), (0.0, 0.5, True), (1.0, 0.0, True)])
+def test_sform_and_qform_that_disagree_give_a_note(tmp_path, degrees, shift, noted) -> None:
+    qform = make_affine(np.eye(3), (0.9, 1.0, 2.5), (-100.0, 50.0, 30.0))
+    sform = make_affine(rotation((0, 0, degrees)), (0.9, 1.0, 2.5), (-100.0, 50.0 + shift, 30.0))
+    header = nib.Nifti1Header()
+    header.set_data_shape(SHAPE)
+    header.set_data_dtype(np.float32)
+    header.set_qform(qform, code=1)
+    header.set_sform(sform, code=2)
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(phantom(1, SHAPE), None, header), path)
+    volume = read_volume(path)
+    np.testing.assert_allclose(volume.affine, sform, atol=1e-5)  # the sform is used
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in SHAPE], indexing="ij")).reshape(3, -1).T
+    apart = np.linalg.norm(apply_affine(sform, corners) - apply_affine(qform, corners), axis=1)
+    notes = [n for n in volume.notes if "sform and qform" in n]
+    assert bool(notes) == noted
+    if noted:
+        assert f"up to {apart.max():.3g} mm apart; volqa uses the sform" in notes[0]
+
+
 # ----------------------------------------------------------------------- special files
 
 

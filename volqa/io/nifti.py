@@ -19,7 +19,8 @@ from .atomic import atomic_write
 from .paths import NIFTI_SUFFIXES, read_error, suffix
 from .volume import Volume, as_3d, as_float32, check_affine, check_memory, integer_notes
 
-__all__ = ["read_nifti", "read_nifti_header", "check_nifti_header", "write_nifti"]
+__all__ = ["read_nifti", "read_nifti_header", "check_nifti_header", "form_notes",
+           "write_nifti"]
 
 
 #: Bytes read (after decompression) to parse a header: NIfTI-2's 540 plus the extension flag.
@@ -65,7 +66,32 @@ def read_nifti(path: Path, source: str, max_bytes: int | None = None) -> Volume:
             raise
         raise read_error(source, f"cannot read the voxel data ({e})") from None
     array, notes = as_float32(as_3d(data, source), source)
-    return Volume(array, image.affine, source, notes)
+    return Volume(array, image.affine, source, (*notes, *form_notes(header)))
+
+
+#: sform and qform place a voxel apart by more than this fraction of the smallest voxel size
+#: (at least ``_FORM_MIN_ATOL_MM``): float32 header fields agree far closer than that.
+_FORM_TOL_VOXELS = 1e-3
+_FORM_MIN_ATOL_MM = 1e-4
+
+
+def form_notes(header: nib.Nifti1Header) -> tuple[str, ...]:
+    """A note when the sform and the qform both name a space (codes > 0) and place the volume
+    differently: volqa uses the sform, as nibabel does, and a tool that prefers the qform puts
+    the same voxels elsewhere. The distance is the largest over the volume's eight corners."""
+    if int(header["sform_code"]) <= 0 or int(header["qform_code"]) <= 0:
+        return ()
+    shape = header.get_data_shape()[:3]
+    corners = np.array(np.meshgrid(*[(0, max(n - 1, 0)) for n in shape], indexing="ij"))
+    corners = np.vstack([corners.reshape(3, -1), np.ones((1, 8))])
+    sform, qform = header.get_sform(), header.get_qform()
+    apart = float(np.linalg.norm((sform - qform)[:3] @ corners, axis=0).max())
+    voxel = float(np.linalg.norm(sform[:3, :3], axis=0).min())
+    if not apart > max(_FORM_TOL_VOXELS * voxel, _FORM_MIN_ATOL_MM):
+        return ()
+    return (f"the header's sform and qform place the volume up to {apart:.3g} mm apart; "
+            "volqa uses the sform (as nibabel does), so a tool that uses the qform puts these "
+            "voxels elsewhere",)
 
 
 #: Compressed bytes read and inflated at once, and the most bytes one call inflates.
