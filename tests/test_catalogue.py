@@ -308,7 +308,7 @@ CASES: dict[str, Case] = {
     "constant-reference": Case("constant.nii.gz", T, culprit="constant.nii.gz",
                                cause=r"reference is constant \(every voxel is 7\).*"
                                      r"--normalize none --data-range"),
-    "constant-test": Case(R, "flat_test.nii.gz", status="ok"),
+    "constant-test": Case(R, "flat_test.nii.gz", status="ok", cause=r"the test is constant"),
     "smaller-than-window": Case("tiny_ref.nii.gz", "tiny_test.nii.gz",
                                 culprit="tiny_test.nii.gz",
                                 cause=r"6 voxels, fewer than the 7-voxel window"),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 import volqa
 from volqa.engine.voxelwise import error_stats
 from volqa.errors import InputError, SettingsError
-from volqa.pipeline.normalize import normalize_pair, percentiles
+from volqa.pipeline.normalize import normalize_pair, percentiles, range_note
 
 
 @pytest.fixture
@@ -143,3 +145,38 @@ def test_minmax_ssim_ignores_an_intensity_offset_raw_ssim_does_not(pair) -> None
         return float(volqa.ssim(n.reference, n.test, data_range=n.data_range, win_size=7))
     assert score(*pair, "minmax") == pytest.approx(score(*shifted, "minmax"), abs=1e-5)
     assert abs(score(*pair, "none") - score(*shifted, "none")) > 1e-3
+
+
+@pytest.mark.parametrize(("make_test", "expected"), [
+    (lambda r: r * 1.5 + 0.2, None),  # a reconstruction's intensity error: no note
+    (lambda r: r * 0.2, None),  # 0.2 x the width: still within a factor of 10
+    (lambda r: r * 255.0, r"span \[0, 255\], 255 x the width of the reference's \[0, 1\]: "
+                          r"other units or scaling"),
+    (lambda r: r * 0.05, r"span \[0, 0\.05\], 0\.05 x the width"),
+    (lambda r: r + 3.0, r"span \[3, 4\], 1 x the width of the reference's \[0, 1\] and apart"),
+    (lambda r: np.full_like(r, 0.5), r"the test is constant \(every voxel is 0\.5\), against "
+                                     r"the reference's \[0, 1\]"),
+])
+def test_range_note_names_a_test_in_other_units(make_test, expected) -> None:
+    ref = np.linspace(0.0, 1.0, 4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    note = range_note(ref, make_test(ref).astype(np.float32))
+    if expected is None:
+        assert note is None
+    else:
+        assert note is not None and re.search(expected, note), note
+
+
+def test_range_note_in_a_row_and_not_under_a_per_image_protocol(tmp_path) -> None:
+    from pipeline_data import phantom, write_nii
+
+    ref = phantom(3, (16, 16, 16))
+    ref = (ref - ref.min()) / (ref.max() - ref.min())
+    r = write_nii(tmp_path / "r.nii.gz", ref)
+    t = write_nii(tmp_path / "t.nii.gz", np.round(ref * 255))  # saved as 8-bit values
+    row = volqa.score_pair(r, t)
+    assert "x the width of the reference's" in (row["notes"] or "")
+    assert row["ssim"] < 0.1  # scored as given: the map of the reference applies to both
+    per_image = volqa.score_pair(r, t, protocol="cmrxrecon")  # each slice / its own maximum
+    assert "x the width" not in (per_image["notes"] or "")
+    assert per_image["ssim_2d"] > 0.9
+    assert range_note(ref, ref * 255) is not None  # the same arrays do get the note

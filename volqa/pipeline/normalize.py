@@ -58,7 +58,12 @@ __all__ = [
     "normalize",
     "normalize_pair",
     "percentiles",
+    "range_note",
 ]
+
+#: A test whose intensity range is this many times wider or narrower than the reference's
+#: gets a note (:func:`range_note`).
+RANGE_RATIO_NOTE = 10.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,31 @@ def percentiles(array: np.ndarray, q: Sequence[float]) -> np.ndarray:
         a, b = float(part[lo]), float(part[hi])
         out[i] = a + (b - a) * (p - lo)
     return out
+
+
+def range_note(reference: np.ndarray, test: np.ndarray) -> str | None:
+    """A note when the test's intensities do not look like the reference's: a constant test, a
+    range :data:`RANGE_RATIO_NOTE` times wider or narrower, or ranges that do not overlap.
+
+    The normalisation map comes from the reference and applies to both, so a test in other
+    units (``[0, 255]`` against ``[0, 1]``, HU against ``[0, 1]``) scores low: correctly, but
+    the note says why. None for a constant reference (refused or explained elsewhere).
+    """
+    rmin, rmax = float(reference.min()), float(reference.max())
+    tmin, tmax = float(test.min()), float(test.max())
+    if not rmax > rmin:
+        return None
+    ref = f"the reference's [{rmin:.4g}, {rmax:.4g}]"
+    if tmax == tmin:
+        return f"the test is constant (every voxel is {tmin:.4g}), against {ref}"
+    ratio = (tmax - tmin) / (rmax - rmin)
+    apart = tmax < rmin or tmin > rmax
+    if not (apart or ratio > RANGE_RATIO_NOTE or ratio < 1 / RANGE_RATIO_NOTE):
+        return None
+    return (f"the test's intensities span [{tmin:.4g}, {tmax:.4g}], {ratio:.3g} x the width of "
+            f"{ref}{' and apart from it' if apart else ''}: other units or scaling, or a few "
+            "extreme voxels? The reference's normalisation applies to both, so this counts "
+            "against the test")
 
 
 def _apply(x: np.ndarray, offset: float, scale: float, clip: tuple[float, float] | None):

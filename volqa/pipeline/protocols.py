@@ -23,9 +23,10 @@ from ..protocols import PROTOCOLS, ProtocolSpec
 from ..schema import Metric
 from ..settings import Settings
 from .context import PairContext
-from .normalize import Normalized, normalize, percentiles
+from .normalize import Normalized, normalize, percentiles, range_note
 
-__all__ = ["prepare", "make_context", "ProtocolContext", "synthrad2025_ms_ssim"]
+__all__ = ["prepare", "intensity_notes", "make_context", "ProtocolContext",
+           "synthrad2025_ms_ssim"]
 
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -70,6 +71,15 @@ def prepare(reference: np.ndarray, test: np.ndarray,
     else:
         L = 1.0 if spec.data_range is None else float(spec.data_range)
     return Normalized(ref, tst, L, "protocol", -spec.shift, 1.0, spec.clip), raw
+
+
+def intensity_notes(reference: np.ndarray, test: np.ndarray, settings: Settings) -> list[str]:
+    """:func:`~volqa.pipeline.normalize.range_note` of a pair, unless the protocol scales
+    each image on its own (then other units are expected and normalised away)."""
+    if settings.protocol is not None and PROTOCOLS[settings.protocol].per_image is not None:
+        return []
+    note = range_note(reference, test)
+    return [note] if note else []
 
 
 def _own_percentiles(a: np.ndarray, role: str) -> np.ndarray:

@@ -39,7 +39,7 @@ from ..settings import Settings
 from .cache import SHARED_ROLES, ReadCache
 from .devices import is_oom, run_with_oom_fallback
 from .memory import header_bytes
-from .protocols import make_context, prepare
+from .protocols import intensity_notes, make_context, prepare
 from .regions import RegionScores, label_values, region_metrics, region_rows, score_regions
 
 __all__ = ["RowJob", "RowResult", "Prepared", "EngineResult", "RowFailure", "WorkerLost",
@@ -286,6 +286,7 @@ class RowScorer:
                 if note:
                     notes.append(note)
             role = "reference"
+            notes.extend(intensity_notes(ref_v.array, test_v.array, settings))
             norm, raw = prepare(ref_v.array, test_v.array, settings)
             role = None
             fields["data_range"] = norm.data_range
