@@ -313,6 +313,29 @@ def test_itk_file_with_lps_direction_matches_nifti(tmp_path, suffix, direction_l
         assert from_itk.orientation == "LPS"
 
 
+@pytest.mark.parametrize(("unit", "factor"), [("mm", 1.0), ("unknown", 1.0), ("micron", 1e-3),
+                                             ("meter", 1e3)])
+def test_nifti_positions_in_other_units_are_read_in_mm_as_itk_reads_them(tmp_path, unit,
+                                                                         factor):
+    affine = make_affine(rotation((10, 0, 30)), (500.0, 400.0, 2000.0), (-1e4, 2e4, 3e4))
+    image = nib.Nifti1Image(np.random.default_rng(9).random((6, 7, 8), dtype=np.float32), affine)
+    image.header.set_xyzt_units(xyz=unit)
+    path = tmp_path / "v.nii.gz"
+    nib.save(image, path)
+    volume = read_volume(path)
+    itk = sitk.ReadImage(str(path))  # ITK converts the header's unit to mm
+    lps = FLIP @ volume.affine
+    np.testing.assert_allclose(volume.spacing, itk.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(lps[:3, 3], itk.GetOrigin(), rtol=1e-6)
+    np.testing.assert_allclose(volume.affine[:3], affine[:3] * factor, rtol=1e-6)
+    noted = [n for n in volume.notes if "the header gives positions in" in n]
+    assert bool(noted) == (factor != 1.0)
+    # the same volume saved by ITK is on the NIfTI's grid
+    sitk.WriteImage(itk, str(tmp_path / "v.mha"))
+    np.testing.assert_allclose(read_volume(tmp_path / "v.mha").affine, volume.affine,
+                               rtol=1e-6, atol=1e-6 * factor)
+
+
 def _mhd(tmp_path: Path, old: str, new: str) -> Path:
     """A .mhd (+ .raw) with origin (12, -34, 56) LPS, spacing (0.5, 1.25, 2.0), whose header line
     ``old`` is replaced by ``new`` (a hand-edited header)."""

@@ -1,5 +1,6 @@
-"""NIfTI-1/2 files: read with nibabel (sform if set, else qform; scl_slope/scl_inter applied),
-write through volqa's atomic writer."""
+"""NIfTI-1/2 files: read with nibabel (sform if set, else qform; scl_slope/scl_inter applied;
+positions converted to mm from the header's spatial unit), write through volqa's atomic
+writer."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from .atomic import atomic_write
 from .paths import NIFTI_SUFFIXES, read_error, suffix
 from .volume import Volume, as_3d, as_float32, check_affine, check_memory, integer_notes
 
-__all__ = ["read_nifti", "read_nifti_header", "check_nifti_header", "form_notes",
-           "write_nifti"]
+__all__ = ["read_nifti", "read_nifti_header", "check_nifti_header", "affine_mm",
+           "form_notes", "write_nifti"]
 
 
 #: Bytes read (after decompression) to parse a header: NIfTI-2's 540 plus the extension flag.
@@ -66,7 +67,31 @@ def read_nifti(path: Path, source: str, max_bytes: int | None = None) -> Volume:
             raise
         raise read_error(source, f"cannot read the voxel data ({e})") from None
     array, notes = as_float32(as_3d(data, source), source)
-    return Volume(array, image.affine, source, (*notes, *form_notes(header)))
+    affine, unit_notes = affine_mm(header, image.affine)
+    return Volume(array, affine, source, (*notes, *unit_notes, *form_notes(header)))
+
+
+#: NIfTI's spatial units (``xyzt_units``) in millimetres; "unknown" is read as mm, as every
+#: tool reads it.
+_UNIT_MM = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 1e-3}
+
+
+def affine_mm(header: nib.Nifti1Header, affine: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The affine in millimetres, with a note when the header's spatial unit is another.
+
+    The NIfTI standard gives positions and voxel sizes in the header's unit (``xyzt_units``),
+    and ITK converts metres and microns to mm; nibabel leaves the numbers as they are. volqa
+    converts, so that a NIfTI and an ITK file of one volume are on one grid and the
+    ``spacing`` column is in mm.
+    """
+    unit = header.get_xyzt_units()[0]
+    factor = _UNIT_MM.get(unit, 1.0)
+    if factor == 1.0:
+        return affine, ()
+    out = np.array(affine, dtype=np.float64)
+    out[:3] *= factor
+    return out, (f"the header gives positions in {unit}s; volqa converts them to mm (x{factor:g}), "
+                 "as ITK does (nibabel alone would read them as mm)",)
 
 
 #: sform and qform place a voxel apart by more than this fraction of the smallest voxel size
@@ -84,7 +109,7 @@ def form_notes(header: nib.Nifti1Header) -> tuple[str, ...]:
     shape = header.get_data_shape()[:3]
     corners = np.array(np.meshgrid(*[(0, max(n - 1, 0)) for n in shape], indexing="ij"))
     corners = np.vstack([corners.reshape(3, -1), np.ones((1, 8))])
-    sform, qform = header.get_sform(), header.get_qform()
+    sform, qform = (affine_mm(header, f)[0] for f in (header.get_sform(), header.get_qform()))
     apart = float(np.linalg.norm((sform - qform)[:3] @ corners, axis=0).max())
     voxel = float(np.linalg.norm(sform[:3, :3], axis=0).min())
     if not apart > max(_FORM_TOL_VOXELS * voxel, _FORM_MIN_ATOL_MM):
@@ -271,4 +296,5 @@ def write_nifti(array: np.ndarray, like: Volume, path: str | os.PathLike[str]) -
     image = nib.Nifti1Image(data, like.affine)
     image.set_sform(like.affine, code=1)
     image.set_qform(like.affine, code=1)
+    image.header.set_xyzt_units(xyz="mm")
     atomic_write(target, lambda tmp: nib.save(image, tmp))
