@@ -47,7 +47,7 @@ from pathlib import Path
 from ..errors import ManifestError
 from ..schema import reserved_columns
 from .covariates import DTYPE_OF, infer_type, misfits, parse_cell, split_declaration
-from .paths import split_series
+from .paths import same_file, split_series
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -158,16 +158,6 @@ def _resolve(cell: str, base: Path) -> str:
     resolved = Path(fs_path) if os.path.isabs(fs_path) else base / fs_path
     out = os.path.abspath(resolved)
     return f"{out}#{uid}" if uid is not None else out
-
-
-def _same_file(a: str, b: str) -> bool:
-    """The same path, or two names of one file (a link, ``.`` and ``..``): no read."""
-    if a == b:
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # missing (reported later) or a "folder#uid" series name
-        return False
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -360,18 +350,11 @@ def missing_files(manifest: Manifest) -> list[str]:
 
 
 def reference_as_test(manifest: Manifest) -> list[str]:
-    """List every row whose test is its reference file (the same path, or another name of
-    the same file: a stat, no read), which scores as a perfect reconstruction.
-
-    Returns
-    -------
-    list of str
-        E.g. ``"row 3 (line 4, subject 'sub-03'): test 'gt/sub-03.nii.gz' is the reference
-        file itself ..."``.
-    """
+    """One message per row whose test is its reference file (:func:`~.paths.same_file`),
+    which scores as a perfect reconstruction."""
     return [f"{row.where()}: test {row.values['test'].strip()!r} is the reference file "
             "itself, so it scores as a perfect reconstruction; point test at the method's output"
-            for row in manifest.rows if _same_file(row.reference, row.test)]
+            for row in manifest.rows if same_file(row.reference, row.test)]
 
 
 def _covariate_types(header: tuple[str, ...], rows: list[ManifestRow],

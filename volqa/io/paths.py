@@ -17,6 +17,7 @@ __all__ = [
     "suffix",
     "split_series",
     "read_error",
+    "same_file",
     "special_file_kind",
     "input_files",
 ]
@@ -60,6 +61,17 @@ def split_series(path: str) -> tuple[str, str | None]:
 def read_error(source: str, cause: str, hint: str = "") -> InputError:
     """``cannot read '<source>': <cause>; <hint>`` as an :class:`InputError`."""
     return InputError(f"cannot read {source!r}: {cause}" + (f"; {hint}" if hint else ""))
+
+
+def same_file(a: str, b: str) -> bool:
+    """The same path, or two names of one file (a link, ``.`` and ``..``): a stat, no read.
+    False for a missing path and for ``folder#<uid>`` series names that differ."""
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def special_file_kind(path: str | os.PathLike[str]) -> str:
