@@ -29,9 +29,8 @@ not UTF-8, not a CSV, no data rows, missing or duplicated columns, columns that 
 volqa's output columns, empty required cells, rows with the wrong number of fields, duplicate
 ``(subject_id, test)`` pairs, and cells that do not fit a declared covariate type. Every problem
 is collected into one :class:`~volqa.errors.ManifestError`. A listed file that does not exist,
-and a test that is its reference file (:func:`reference_as_test`), are *not* manifest errors by
-default (the row fails, or scores as perfect, and the batch goes on): :func:`missing_files` and
-:func:`reference_as_test` list them for a pre-flight warning, and ``strict=True`` in
+and a test that is its reference file, are *not* manifest errors by default (the row fails, or
+scores as perfect): :func:`preflight` lists them for a warning, and ``strict=True`` in
 :func:`read_manifest` turns them into manifest errors.
 """
 
@@ -57,6 +56,7 @@ __all__ = [
     "read_manifest",
     "missing_files",
     "reference_as_test",
+    "preflight",
 ]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("subject_id", "reference", "test")
@@ -186,10 +186,9 @@ def read_manifest(path: str | os.PathLike[str], *, strict: bool = False) -> Mani
     path : str or PathLike
         The CSV file.
     strict : bool, default False
-        Also treat listed files or folders that do not exist, and tests that are their
-        reference file, as manifest errors (by default a missing file fails only its own row
-        when scored, and a reference scored as its own test gets a warning; see
-        :func:`missing_files` and :func:`reference_as_test`).
+        Also treat what :func:`preflight` lists (missing files, tests that are their
+        reference file) as manifest errors; by default a missing file fails only its own row
+        and a reference scored as its own test gets a warning.
 
     Returns
     -------
@@ -319,7 +318,7 @@ def read_manifest(path: str | os.PathLike[str], *, strict: bool = False) -> Mani
     types = _covariate_types(header, rows, declared, problems)
     manifest = Manifest(mpath, header, tuple(rows), types)
     if strict and not problems:
-        problems.extend(missing_files(manifest) + reference_as_test(manifest))
+        problems.extend(preflight(manifest))
     if problems:
         raise _error(mpath, problems)
     return manifest
@@ -347,6 +346,12 @@ def missing_files(manifest: Manifest) -> list[str]:
             if not os.path.exists(fs_path):
                 out.append(f"{row.where()}: {role} file not found: {fs_path}")
     return out
+
+
+def preflight(manifest: Manifest) -> list[str]:
+    """What is warned about before a batch and refused with ``strict=True``:
+    :func:`missing_files` and :func:`reference_as_test`."""
+    return missing_files(manifest) + reference_as_test(manifest)
 
 
 def reference_as_test(manifest: Manifest) -> list[str]:

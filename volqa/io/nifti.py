@@ -38,8 +38,8 @@ def read_nifti(path: Path, source: str, max_bytes: int | None = None) -> Volume:
     data length.
     """
     header = read_nifti_header(path, source)
-    check_memory(header.get_data_shape(), source, max_bytes)
     shape, dtype = header.get_data_shape(), header.get_data_dtype()
+    check_memory(shape, source, max_bytes)
     offset = int(header["vox_offset"])
     needed = offset + int(np.prod(shape)) * dtype.itemsize
     try:
@@ -71,9 +71,15 @@ def read_nifti(path: Path, source: str, max_bytes: int | None = None) -> Volume:
     return Volume(array, affine, source, (*notes, *unit_notes, *form_notes(header)))
 
 
-#: NIfTI's spatial units (``xyzt_units``) in millimetres; "unknown" is read as mm, as every
-#: tool reads it.
-_UNIT_MM = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 1e-3}
+#: NIfTI's spatial units (``xyzt_units``) other than mm, in millimetres; "unknown" is read as
+#: mm, as every tool reads it.
+_UNIT_MM = {"meter": 1000.0, "micron": 1e-3}
+
+
+def _mm_per_unit(header: nib.Nifti1Header) -> tuple[float, str]:
+    """(millimetres per unit of the header's positions, the unit's name)."""
+    unit = header.get_xyzt_units()[0]
+    return _UNIT_MM.get(unit, 1.0), unit
 
 
 def affine_mm(header: nib.Nifti1Header, affine: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -84,8 +90,7 @@ def affine_mm(header: nib.Nifti1Header, affine: np.ndarray) -> tuple[np.ndarray,
     converts, so that a NIfTI and an ITK file of one volume are on one grid and the
     ``spacing`` column is in mm.
     """
-    unit = header.get_xyzt_units()[0]
-    factor = _UNIT_MM.get(unit, 1.0)
+    factor, unit = _mm_per_unit(header)
     if factor == 1.0:
         return affine, ()
     out = np.array(affine, dtype=np.float64)
@@ -106,12 +111,13 @@ def form_notes(header: nib.Nifti1Header) -> tuple[str, ...]:
     the same voxels elsewhere. The distance is the largest over the volume's eight corners."""
     if int(header["sform_code"]) <= 0 or int(header["qform_code"]) <= 0:
         return ()
-    shape = header.get_data_shape()[:3]
-    corners = np.array(np.meshgrid(*[(0, max(n - 1, 0)) for n in shape], indexing="ij"))
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in header.get_data_shape()[:3]],
+                                   indexing="ij"))
     corners = np.vstack([corners.reshape(3, -1), np.ones((1, 8))])
-    sform, qform = (affine_mm(header, f)[0] for f in (header.get_sform(), header.get_qform()))
-    apart = float(np.linalg.norm((sform - qform)[:3] @ corners, axis=0).max())
-    voxel = float(np.linalg.norm(sform[:3, :3], axis=0).min())
+    sform, qform = header.get_sform(), header.get_qform()
+    mm = _mm_per_unit(header)[0]
+    apart = mm * float(np.linalg.norm((sform - qform)[:3] @ corners, axis=0).max())
+    voxel = mm * float(np.linalg.norm(sform[:3, :3], axis=0).min())
     if not apart > max(_FORM_TOL_VOXELS * voxel, _FORM_MIN_ATOL_MM):
         return ()
     return (f"the header's sform and qform place the volume up to {apart:.3g} mm apart; "

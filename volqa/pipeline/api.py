@@ -25,7 +25,7 @@ from ..errors import OutputError, SettingsError
 from ..execution import Execution
 from ..io.journal import JOURNAL_NAME
 from ..io.lock import OutDirLock
-from ..io.manifest import Manifest, missing_files, read_manifest, reference_as_test
+from ..io.manifest import Manifest, preflight, read_manifest
 from ..io.outdir import (
     SETTINGS_NAME,
     prepare_out_dir,
@@ -258,7 +258,7 @@ def _run(part: Manifest, s: Settings, ex: Execution, out_dir: Path | None,
                               f"({SETTINGS_NAME}: {exc.strerror or exc}); free space or fix "
                               "the folder's permissions, or choose another --out") from None
     # warnings whether or not a progress bar is shown (--no-progress must not hide them)
-    warn(missing_files(part) + reference_as_test(part))
+    warn(preflight(part))
     if resumed is not None:
         warn(f"{JOURNAL_NAME}: {why}; the line is ignored" for why in skipped)
         why = f"; settings changed: {', '.join(changed)}" if changed else ""
